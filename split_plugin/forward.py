@@ -84,37 +84,45 @@ def capture_prefix(layout: ModelLayout, layer: int, input_ids: torch.Tensor,
     return Prefix(layer=layer, hidden=hidden_in[0], layer_args=store)
 
 
-def _repeat_rows(obj: Any, batch: int, times: int) -> Any:
-    """Repeat batch-dimension tensors inside nested args `times` times along dim 0."""
-    if times == 1:
-        return obj
+def _select_rows(obj: Any, batch: int, index: torch.Tensor) -> Any:
+    """Pick rows `index` of every batch-dimension tensor inside nested call arguments."""
     if torch.is_tensor(obj):
         if obj.ndim >= 2 and obj.shape[0] == batch:
-            return obj.repeat(times, *([1] * (obj.ndim - 1)))
+            return obj[index.to(obj.device)]
         return obj
     if isinstance(obj, tuple):
-        return tuple(_repeat_rows(o, batch, times) for o in obj)
+        return tuple(_select_rows(o, batch, index) for o in obj)
     if isinstance(obj, list):
-        return [_repeat_rows(o, batch, times) for o in obj]
+        return [_select_rows(o, batch, index) for o in obj]
     if isinstance(obj, dict):
-        return {k: _repeat_rows(v, batch, times) for k, v in obj.items()}
+        return {k: _select_rows(v, batch, index) for k, v in obj.items()}
     return obj
 
 
-def run_suffix(layout: ModelLayout, prefix: Prefix, rows: torch.Tensor | None = None,
-               positions: torch.Tensor | None = None, repeat: int = 1) -> torch.Tensor:
+def stacked_index(batch: int, repeat: int) -> torch.Tensor:
+    """Row index that stacks a batch `repeat` times: row r of copy k is row k * batch + r."""
+    return torch.arange(batch).repeat(repeat)
+
+
+def run_suffix(layout: ModelLayout, prefix: Prefix, index: torch.Tensor | None = None,
+               rows: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+               repeat: int = 1) -> torch.Tensor:
     """Logits from layers L..N-1 on the cached prefix (hooks on those layers take effect).
 
-    `repeat` stacks the batch that many times (row r of copy k is row k*B + r), so per-row
-    multipliers of shape [repeat * B] run several strengths in one pass. With `rows` and
-    `positions` (1-D, same length, indexing the repeated batch), the final norm and the LM head
-    run only there and the result is [n, vocab]; otherwise [repeat * B, T, vocab].
+    `index` picks (and may repeat) prefix rows, e.g. `stacked_index(B, k)` so per-row
+    multipliers of shape [k * B] run k strengths in one pass (`repeat=k` is shorthand). With `rows` and `positions`
+    (1-D, same length, indexing the selected batch) the final norm and the LM head run only
+    there and the result is [n, vocab]; otherwise [batch, T, vocab].
     """
-    batch = prefix.batch_size
-    hidden = prefix.hidden.repeat(repeat, *([1] * (prefix.hidden.ndim - 1))) if repeat > 1 else prefix.hidden
-    for offset, (args, kwargs) in enumerate(prefix.layer_args):
-        out = layout.layers[prefix.layer + offset](
-            hidden, *_repeat_rows(args, batch, repeat), **_repeat_rows(kwargs, batch, repeat))
+    hidden, args_of = prefix.hidden, prefix.layer_args
+    if index is None and repeat > 1:
+        index = stacked_index(prefix.batch_size, repeat)
+    if index is not None:
+        batch = prefix.batch_size
+        hidden = hidden[index.to(hidden.device)]
+        args_of = [_select_rows(call, batch, index) for call in args_of]
+    for offset, (args, kwargs) in enumerate(args_of):
+        out = layout.layers[prefix.layer + offset](hidden, *args, **kwargs)
         hidden = out[0] if isinstance(out, tuple) else out
     if rows is not None:
         hidden = hidden[rows, positions]

@@ -5,7 +5,7 @@ from tiny import ARCH_CONFIGS, tiny_model
 from torch import nn
 
 from split_plugin import ArchSpec, Intervention, SplitPluginError, resolve_layout
-from split_plugin.forward import capture_prefix, run_suffix
+from split_plugin.forward import capture_prefix, run_suffix, stacked_index
 from split_plugin.layers import _guess_spec
 
 ARCHS = sorted(ARCH_CONFIGS)
@@ -64,10 +64,10 @@ def test_prefix_suffix_equals_full_forward(arch, layer):
         full = model(input_ids=ids, attention_mask=mask).logits
         prefix = capture_prefix(layout, layer, ids, mask)
         assert torch.allclose(run_suffix(layout, prefix), full, atol=1e-5)
-        stacked = run_suffix(layout, prefix, repeat=2)
+        stacked = run_suffix(layout, prefix, stacked_index(prefix.batch_size, 2))
         assert torch.allclose(stacked[3:], full, atol=1e-5)
         rows, pos = torch.tensor([0, 4, 5]), torch.tensor([8, 2, 6])
-        picked = run_suffix(layout, prefix, rows=rows, positions=pos, repeat=2)
+        picked = run_suffix(layout, prefix, stacked_index(3, 2), rows=rows, positions=pos)
         assert torch.allclose(picked, full[rows % 3, pos], atol=1e-5)
     assert all(type(m).__name__ != "_Recorder" for m in model.modules())
 
@@ -84,7 +84,7 @@ def test_suffix_with_stacked_multipliers_equals_hooked_full_forward(form):
     prefix = capture_prefix(layout, 1, ids)
     ms = torch.tensor([-1.0, -1.0, 2.0, 2.0])
     with torch.no_grad(), iv.apply(model, multiplier=ms):
-        stacked = run_suffix(layout, prefix, repeat=2)
+        stacked = run_suffix(layout, prefix, stacked_index(prefix.batch_size, 2))
     for k, m in enumerate([-1.0, 2.0]):
         with torch.no_grad(), iv.apply(model, multiplier=m):
             assert torch.allclose(stacked[2 * k:2 * k + 2], model(ids).logits, atol=1e-5)

@@ -1,0 +1,21 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
+# Both install what they need first; a second run finds everything installed and goes straight on.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+PYTEST_ARGS ?=
+
+.PHONY: install demo test
+
+install:
+	@# Keep a torch that is already there (e.g. a CUDA build); else the CPU build this project pins.
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
+	$(PIP) install -q -e ".[test]"
+	@# Packages whose own dependency pins are ancient or need compiling: installed without them.
+	$(PIP) install -q --no-deps -r requirements-nodeps.txt
+	$(PIP) install -q -r requirements-easyedit.txt
+
+demo: install
+	split-steer demo
+
+test: install
+	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,189 @@
+"""TrainConfig: every training setting, loaded from YAML with unknown keys and wrong types named."""
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import SplitPluginError
+from .intervention import FORMS
+
+METHODS = ("split", "sft", "reps", "caa")
+VECTOR_FACTORS = [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0]
+
+
+@dataclass
+class TrainConfig:
+    """How to train one intervention. Defaults follow the reference's vector-form settings."""
+
+    layer: int
+    method: str = "split"
+    form: str = "vector"
+    rank: int = 4
+    alpha: float | None = None
+    dropout: float = 0.0
+    # optimisation
+    lr: float = 0.08
+    epochs: int = 2
+    batch_size: int = 4
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # rows: "add" rows (+s, positive = matching) and "sub" rows (-s, roles swapped)
+    factors: list[float] = field(default_factory=lambda: list(VECTOR_FACTORS))
+    sub_rows: bool = True
+    # the SPLIT objective: pos_weight L_pos + neg_weight L_neg + margin_weight relu(margin - (L_neg - L_pos))
+    pos_weight: float = 1.0
+    neg_weight: float = 0.5
+    margin_weight: float = 5.0
+    margin: float = 0.5
+    pooled_hinge: bool = False
+    loss_reduction: str = "mean"
+    # RePS
+    reps_beta: float = 2.0
+    reps_gamma: float = 1.0
+    # utility-preserving option: KL(unsteered || steered) on generic text at the drawn multiplier
+    kl_weight: float = 0.0
+    kl_text: str | None = None
+    # data
+    max_length: int = 256
+    system_prompt: str | None = None
+    # machinery
+    device: str = "cpu"
+    autocast: str | None = None
+    prefix_cache: bool = True
+    answer_only_head: bool = True
+    joint_forward: bool = True
+    cache_limit_mb: int = 2048
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        self._check_values()
+
+    def _check_values(self) -> None:
+        def bad(msg: str) -> None:
+            raise SplitPluginError(msg)
+
+        if self.method not in METHODS:
+            bad(f"method {self.method!r} is not one of {METHODS}")
+        if self.form not in FORMS:
+            bad(f"form {self.form!r} is not one of {FORMS}")
+        if self.method == "caa" and self.form != "vector":
+            bad(f"caa makes a vector (mean difference); use form: vector, not {self.form!r}")
+        if self.layer < 0:
+            bad(f"layer must be >= 0, got {self.layer}")
+        if self.rank <= 0:
+            bad(f"rank must be a positive integer, got {self.rank}")
+        for name in ("epochs", "batch_size", "grad_accum", "max_length"):
+            if getattr(self, name) <= 0:
+                bad(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "max_grad_norm", "pos_weight", "neg_weight",
+                     "margin_weight", "margin", "kl_weight", "reps_beta", "dropout"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or (value < 0 and name != "margin"):
+                bad(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.dropout < 1:
+            bad(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.factors or not all(math.isfinite(f) and f > 0 for f in self.factors):
+            bad(f"factors must be a non-empty list of finite positive strengths, got {self.factors}")
+        if self.loss_reduction not in ("mean", "sum"):
+            bad(f"loss_reduction must be 'mean' or 'sum', got {self.loss_reduction!r}")
+        if self.autocast not in (None, "bf16", "fp16"):
+            bad(f"autocast must be null, 'bf16' or 'fp16', got {self.autocast!r}")
+
+    # -- loading --------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        """Build from a mapping, naming unknown and missing keys and listing the valid ones."""
+        if not isinstance(data, Mapping):
+            raise SplitPluginError(f"{source} must be a mapping of settings, got {type(data).__name__}")
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise SplitPluginError(f"unknown key(s) {unknown} in {source}; valid keys are {valid}")
+        missing = [f.name for f in fields(cls) if f.default is MISSING
+                   and f.default_factory is MISSING and f.name not in data]
+        if missing:
+            raise SplitPluginError(f"missing required key(s) {missing} in {source}")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_dict(load_yaml(path), source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning parse errors into one message with the line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise SplitPluginError(f"no such hyperparameter file: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise SplitPluginError(f"{path} is not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError:
+        raise SplitPluginError(f"{path} is not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise SplitPluginError(f"{path} must hold a mapping of settings (key: value lines)")
+    return data
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """A small runtime check for the annotation shapes used in our configs."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _check_types(obj: Any) -> None:
+    """Raise naming every field whose value does not match its annotation; coerce ints to floats."""
+    hints = typing.get_type_hints(type(obj))
+    wrong = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, str) and hints[f.name] in (float, float | None) and _is_number(value):
+            value = float(value)  # YAML reads 1e-3 as a string
+            setattr(obj, f.name, value)
+        if not _matches(value, hints[f.name]):
+            wrong.append(f"{f.name}={value!r} (expected {_type_name(hints[f.name])})")
+        elif hints[f.name] is float or (typing.get_origin(hints[f.name]) is list and value):
+            setattr(obj, f.name, [float(v) for v in value] if isinstance(value, list) else float(value))
+    if wrong:
+        raise SplitPluginError(f"wrong type for {', '.join(wrong)}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _type_name(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
