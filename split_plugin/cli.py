@@ -1,0 +1,115 @@
+"""`split-steer`: train, generate, sweep and the demo from the command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import SplitPluginError
+
+
+def _load_model(name: str):
+    from .models import load_default_model, load_model
+
+    return load_default_model() if name in ("default", None) else load_model(name)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .config import TrainConfig
+    from .data import load_pairs
+    from .train import train
+
+    config = TrainConfig.from_yaml(args.hparams)
+    overrides = {k: v for k, v in (("layer", args.layer), ("method", args.method), ("form", args.form))
+                 if v is not None}
+    if overrides:
+        config = TrainConfig.from_dict({**config.to_dict(), **overrides}, source=args.hparams)
+    model, tokenizer = _load_model(args.model)
+    pairs = load_pairs(args.data, split=args.split, limit=args.limit)
+    intervention = train(model, tokenizer, pairs, config, resume=args.resume)
+    intervention.save_pretrained(args.out)
+    print(f"saved {intervention.form} intervention ({intervention.num_parameters()} parameters) "
+          f"at layer {intervention.layer} to {args.out}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from .generate import generate
+    from .intervention import Intervention
+
+    model, tokenizer = _load_model(args.model)
+    intervention = Intervention.from_pretrained(args.intervention) if args.intervention else None
+    prompts = args.prompt or [line.strip() for line in sys.stdin if line.strip()]
+    outputs = generate(model, tokenizer, prompts, intervention, multiplier=args.multiplier,
+                       max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                       temperature=args.temperature, seed=args.seed)
+    for prompt, text in zip(prompts, outputs):
+        print(f"> {prompt}\n{text}\n")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(out_dir=args.out, concept=args.concept, quick=args.quick, forms=args.forms)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="split-steer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an intervention and save it")
+    p.add_argument("--hparams", required=True, help="a training YAML, e.g. hparams/smollm2-135m-instruct/split-vector.yaml")
+    p.add_argument("--data", required=True, help="a bundled dataset name or a data file")
+    p.add_argument("--split", default="train")
+    p.add_argument("--limit", type=int, default=None, help="use the first N pairs")
+    p.add_argument("--out", required=True, help="folder for the saved intervention")
+    p.add_argument("--model", default="default", help="'default' (embedded SmolLM2) or a local HF folder")
+    p.add_argument("--layer", type=int, default=None)
+    p.add_argument("--method", default=None)
+    p.add_argument("--form", default=None)
+    p.add_argument("--resume", default=None, help="a checkpoint folder to continue from")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("generate", help="generate with an intervention at a multiplier")
+    p.add_argument("--intervention", default=None, help="a saved intervention folder (none: unsteered)")
+    p.add_argument("--multiplier", type=float, default=1.0)
+    p.add_argument("--prompt", action="append", help="repeatable; read from stdin when absent")
+    p.add_argument("--model", default="default")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("demo", help="the main job: CAA, SFT and SPLIT side by side on the embedded model")
+    p.add_argument("--out", default="reports/demo")
+    p.add_argument("--concept", default="power-seeking")
+    p.add_argument("--forms", default="vector", help="comma list of forms for SPLIT (vector,lora,local_weight)")
+    p.add_argument("--quick", action="store_true", help="fewer pairs and one epoch (a smoke run)")
+    p.set_defaults(func=_demo)
+
+    try:
+        from .analysis.cli import add_sweep_arguments, run_sweep_command
+    except ImportError:  # pragma: no cover - the analysis extra is part of the package
+        pass
+    else:
+        p = sub.add_parser("sweep", help="preference/utility log-odds over multipliers, with fits and plots")
+        add_sweep_arguments(p)
+        p.set_defaults(func=run_sweep_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SplitPluginError as exc:
+        print(f"split-steer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("split-steer: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

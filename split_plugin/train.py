@@ -1,0 +1,427 @@
+"""Train one intervention on polarity pairs: SPLIT, SFT, RePS, or CAA (no training).
+
+Each step draws a strength s per pair from `config.factors` and builds "add" rows (+s, the
+matching answer is positive) and, with `sub_rows`, "sub" rows (-s, roles swapped). Both
+answers of a pair are scored at the same |s| in one batched forward. The model is frozen
+and the intervention sits at layer L, so the hidden states entering layer L are computed
+once per batch and cached; each step runs only layers L..N-1 and the LM head at answer
+positions.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .data import ContrastivePair, PairBatch, encode_pairs, encode_texts, load_heldout_text
+from .errors import SplitPluginError
+from .fileio import atomic_path
+from .forward import Prefix, capture_prefix, run_suffix
+from .intervention import Intervention
+from .layers import ModelLayout, resolve_layout
+from .objectives import AnswerTokens, nll, reps_loss, sequence_logprobs, split_loss
+from .safety import check_device, frozen
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+def as_train_config(config: TrainConfig | Mapping | str | os.PathLike) -> TrainConfig:
+    """Accept a TrainConfig, a mapping of settings or a YAML path."""
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, Mapping):
+        return TrainConfig.from_dict(config)
+    return TrainConfig.from_yaml(config)
+
+
+def check_pairs(pairs: Sequence[ContrastivePair]) -> list[ContrastivePair]:
+    pairs = list(pairs)
+    if not pairs:
+        raise SplitPluginError("the training set is empty; pass at least one ContrastivePair")
+    bad = [type(p).__name__ for p in pairs if not isinstance(p, ContrastivePair)]
+    if bad:
+        raise SplitPluginError(f"training data must be ContrastivePair objects, got {bad[0]}; "
+                               "load files with split_plugin.load_pairs")
+    return pairs
+
+
+def train(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair],
+          config: TrainConfig | Mapping | str, *, resume: str | os.PathLike | None = None,
+          history: list | None = None) -> Intervention:
+    """Train an intervention for `model` on `pairs`; the model is left exactly as it was."""
+    config = as_train_config(config)
+    pairs = check_pairs(pairs)
+    layout = resolve_layout(model)
+    layout.check_layer(config.layer)
+    check_device(config.device, model)
+    with frozen(model):
+        if config.method == "caa":
+            return mean_difference_vector(model, tokenizer, pairs, config, layout)
+        with torch.random.fork_rng(devices=_cuda_devices(model)):
+            return _Trainer(model, tokenizer, pairs, config, layout).run(resume, history)
+
+
+def _cuda_devices(model: nn.Module) -> list[int]:
+    device = next(model.parameters()).device
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+# -- CAA ---------------------------------------------------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def mean_difference_vector(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair],
+                           config: TrainConfig, layout: ModelLayout | None = None) -> Intervention:
+    """CAA: mean over pairs of (mean layer-L output over positive answer tokens - same for negative)."""
+    layout = layout or resolve_layout(model)
+    intervention = Intervention.for_model(model, "vector", config.layer)
+    diffs = []
+    for start in range(0, len(pairs), config.batch_size):
+        batch = _encode(tokenizer, pairs[start:start + config.batch_size], config, model)
+        captured = []
+
+        def grab(module, args, output):
+            captured.append(output[0] if isinstance(output, tuple) else output)
+            raise _Stop
+
+        handle = layout.layer(config.layer).register_forward_hook(grab)
+        try:
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        mask = (batch.labels != -100).unsqueeze(-1).float()
+        means = (captured[0].float() * mask).sum(1) / mask.sum(1).clamp(min=1)
+        diffs.append(means[0::2] - means[1::2])
+    with torch.no_grad():
+        intervention.vector.copy_(torch.cat(diffs).mean(0))
+    intervention.config.concept = pairs[0].concept
+    return intervention
+
+
+# -- trained methods -----------------------------------------------------------------------------
+def _encode(tokenizer, pairs: Sequence[ContrastivePair], config: TrainConfig, model: nn.Module) -> PairBatch:
+    device = next(model.parameters()).device
+    return encode_pairs(tokenizer, list(pairs), max_length=config.max_length,
+                        system_prompt=config.system_prompt).to(device)
+
+
+@dataclass
+class _Block:
+    """P rows of one step: one answer of each pair, at +s (add rows) or -s (sub rows)."""
+
+    sub: bool       # a sub row (multiplier -s, roles swapped)
+    negative: bool  # scores the pair's negative answer
+
+
+class _PrefixStore:
+    """Cached layer-L inputs per batch: in memory up to a size limit, else in a temp folder."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit, self.used = limit_bytes, 0
+        self.memory: dict[int, Prefix] = {}
+        self.tmp: tempfile.TemporaryDirectory | None = None
+
+    def put(self, key: int, prefix: Prefix) -> None:
+        size = prefix.hidden.numel() * prefix.hidden.element_size() * 2
+        if self.used + size <= self.limit:
+            self.memory[key], self.used = prefix, self.used + size
+            return
+        if self.tmp is None:
+            self.tmp = tempfile.TemporaryDirectory(prefix="split-prefix-")
+        torch.save(prefix, os.path.join(self.tmp.name, f"{key}.pt"))
+
+    def get(self, key: int) -> Prefix:
+        if key in self.memory:
+            return self.memory[key]
+        return torch.load(os.path.join(self.tmp.name, f"{key}.pt"), weights_only=False)
+
+    def close(self) -> None:
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
+class _Trainer:
+    def __init__(self, model, tokenizer, pairs, config: TrainConfig, layout: ModelLayout):
+        self.model, self.tokenizer, self.config, self.layout = model, tokenizer, config, layout
+        self.intervention = Intervention.for_model(
+            model, config.form, config.layer, rank=config.rank, alpha=config.alpha,
+            dropout=config.dropout, concept=pairs[0].concept).to(next(model.parameters()).device)
+        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed))
+        shuffled = [pairs[i] for i in order.tolist()]
+        self.batches = [shuffled[i:i + config.batch_size] for i in range(0, len(pairs), config.batch_size)]
+        self.blocks = self._blocks()
+        self.steps_per_epoch = math.ceil(len(self.batches) / config.grad_accum)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.encoded: dict[int, PairBatch] = {}
+        self.references: dict[int, torch.Tensor] = {}
+        self.store = _PrefixStore(config.cache_limit_mb * 2**20)
+        self.kl_windows: list[tuple[Prefix, torch.Tensor, torch.Tensor]] = []
+
+    def _blocks(self) -> list[_Block]:
+        c = self.config
+        needs_negative = c.method == "reps" or c.neg_weight > 0 or c.margin_weight > 0
+        if c.method == "sft":
+            needs_negative = False
+        blocks = [_Block(sub=False, negative=False)]
+        if needs_negative:
+            blocks.append(_Block(sub=False, negative=True))
+        if c.sub_rows:
+            blocks.append(_Block(sub=True, negative=True))  # the positive of a sub row
+            if needs_negative:
+                blocks.append(_Block(sub=True, negative=False))
+        return blocks
+
+    # -- data and caches -----------------------------------------------------------------
+    def batch(self, key: int) -> PairBatch:
+        if key not in self.encoded:
+            self.encoded[key] = _encode(self.tokenizer, self.batches[key], self.config, self.model)
+        return self.encoded[key]
+
+    def prefix(self, key: int) -> Prefix:
+        if not self.config.prefix_cache:
+            raise RuntimeError("prefix cache is off")
+        if key not in self.store.memory and (self.store.tmp is None or
+                                             not os.path.exists(os.path.join(self.store.tmp.name, f"{key}.pt"))):
+            enc = self.batch(key)
+            self.store.put(key, capture_prefix(self.layout, self.config.layer, enc.input_ids,
+                                               enc.attention_mask))
+        return self.store.get(key)
+
+    def reference_logprobs(self, key: int) -> torch.Tensor:
+        """Unsteered answer log-probs of every sequence in a batch (RePS), computed once."""
+        if key not in self.references:
+            with torch.no_grad():
+                index = torch.arange(self.batch(key).input_ids.shape[0])
+                self.references[key] = self._logprobs(key, index, torch.zeros(len(index)))
+        return self.references[key]
+
+    # -- scoring -------------------------------------------------------------------------
+    def _logprobs(self, key: int, index: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+        """Answer log-prob sums of sequences `index` of a batch, each at its own multiplier."""
+        enc = self.batch(key)
+        device = enc.input_ids.device
+        index, multipliers = index.to(device), multipliers.to(device)
+        tokens = AnswerTokens.from_labels(enc.labels[index])
+        with self._autocast(), self.intervention.apply(self.model, multipliers, layout=self.layout):
+            if self.config.prefix_cache:
+                prefix = self.prefix(key)
+                if self.config.answer_only_head:
+                    logits = run_suffix(self.layout, prefix, index, rows=tokens.rows,
+                                        positions=tokens.positions)
+                else:
+                    logits = run_suffix(self.layout, prefix, index)[tokens.rows, tokens.positions]
+            else:
+                logits = self.model(input_ids=enc.input_ids[index],
+                                    attention_mask=enc.attention_mask[index],
+                                    use_cache=False).logits[tokens.rows, tokens.positions]
+        return sequence_logprobs(logits, tokens)
+
+    def _autocast(self):
+        device = next(self.model.parameters()).device
+        if self.config.autocast and device.type == "cuda":
+            dtype = torch.bfloat16 if self.config.autocast == "bf16" else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cpu", enabled=False)
+
+    def step_loss(self, key: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+        """The loss of one batch and its mean preference margin (L_neg - L_pos, add rows)."""
+        c, enc = self.config, self.batch(key)
+        n = enc.input_ids.shape[0] // 2
+        factors = torch.tensor(c.factors)
+        strength = factors[torch.randint(len(factors), (n,), generator=generator)]
+        pair_rows = torch.arange(n)
+        plan = [(b, 2 * pair_rows + int(b.negative), strength * (-1.0 if b.sub else 1.0))
+                for b in self.blocks]
+        if c.joint_forward:
+            joint = self._logprobs(key, torch.cat([p[1] for p in plan]), torch.cat([p[2] for p in plan]))
+            scores = dict(zip([(b.sub, b.negative) for b in self.blocks], joint.split(n)))
+        else:
+            scores = {(b.sub, b.negative): self._logprobs(key, idx, mult) for b, idx, mult in plan}
+        counts = (enc.labels[:, 1:] != -100).sum(1)
+        return self._combine(key, scores, counts, n)
+
+    def _combine(self, key: int, scores: dict, counts: torch.Tensor, n: int) -> tuple[torch.Tensor, float]:
+        """Turn per-block log-probs into the method's loss (positive/negative roles per row kind)."""
+        c = self.config
+        counts_pos, counts_neg = counts[0::2], counts[1::2]
+        pos_lp, neg_lp, pos_n, neg_n, ref_pos, ref_neg = [], [], [], [], [], []
+        ref = self.reference_logprobs(key) if c.method == "reps" else None
+        for sub in ([False, True] if c.sub_rows else [False]):
+            # in a sub row the pair's negative answer plays the positive role
+            p_key, n_key = (sub, sub), (sub, not sub)
+            pos_lp.append(scores[p_key])
+            pos_n.append(counts_neg if sub else counts_pos)
+            if n_key in scores:
+                neg_lp.append(scores[n_key])
+                neg_n.append(counts_pos if sub else counts_neg)
+            if ref is not None:
+                ref_pos.append(ref[1::2] if sub else ref[0::2])
+                ref_neg.append(ref[0::2] if sub else ref[1::2])
+        lp_pos, cnt_pos = torch.cat(pos_lp), torch.cat(pos_n)
+        loss_pos = nll(lp_pos, cnt_pos, c.loss_reduction)
+        if not neg_lp:
+            return c.pos_weight * loss_pos.mean(), float("nan")
+        lp_neg, cnt_neg = torch.cat(neg_lp), torch.cat(neg_n)
+        loss_neg = nll(lp_neg, cnt_neg, c.loss_reduction)
+        margin = (loss_neg - loss_pos)[:n].mean().item()
+        if c.method == "reps":
+            loss = reps_loss(lp_pos, lp_neg, torch.cat(ref_pos), torch.cat(ref_neg), cnt_pos, cnt_neg,
+                             beta=c.reps_beta, gamma=c.reps_gamma)
+        else:
+            loss = split_loss(loss_pos, loss_neg, c.pos_weight, c.neg_weight, c.margin_weight,
+                              c.margin, pooled=c.pooled_hinge)
+        return loss, margin
+
+    # -- the KL option -------------------------------------------------------------------------
+    def kl_loss(self, step: int, strength: float) -> torch.Tensor:
+        """KL(unsteered || steered) next-token distributions on generic text at +s and -s."""
+        if not self.kl_windows:
+            self._prepare_kl()
+        prefix, mask, ref_logp = self.kl_windows[step % len(self.kl_windows)]
+        multipliers = torch.tensor([strength, -strength], device=mask.device)
+        index = torch.zeros(2, dtype=torch.long)
+        with self._autocast(), self.intervention.apply(self.model, multipliers, layout=self.layout):
+            logits = run_suffix(self.layout, prefix, index)
+        logp = torch.log_softmax(logits.float(), -1)
+        kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+        return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+    @torch.no_grad()
+    def _prepare_kl(self) -> None:
+        text = self.config.kl_text
+        text = load_heldout_text() if text in (None, "heldout") else Path(text).read_text(encoding="utf-8")
+        ids, mask, _ = encode_texts(self.tokenizer, [text], max_length=min(self.config.max_length, 128))
+        device = next(self.model.parameters()).device
+        for row in range(min(4, ids.shape[0])):
+            prefix = capture_prefix(self.layout, self.config.layer, ids[row:row + 1].to(device),
+                                    mask[row:row + 1].to(device))
+            ref = torch.log_softmax(run_suffix(self.layout, prefix).float(), -1)
+            self.kl_windows.append((prefix, mask[row:row + 1].to(device).float(), ref))
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, resume, history: list | None) -> Intervention:
+        c = self.config
+        params = list(self.intervention.parameters())
+        optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        total = self.total_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
+        start, log = 0, []
+        if resume is not None:
+            start, log = load_checkpoint(resume, self.intervention, optimizer, scheduler, c)
+        self.intervention.train()
+        bar = tqdm(total=total, initial=start, desc=f"{c.method}/{c.form} L{c.layer}",
+                   disable=not c.progress, dynamic_ncols=True)
+        last_finite, margins = None, []
+        step = start
+        try:
+            while step < total:
+                epoch, within = divmod(step, self.steps_per_epoch)
+                order = torch.randperm(len(self.batches),
+                                       generator=torch.Generator().manual_seed(c.seed + 7919 * (epoch + 1)))
+                keys = order[within * c.grad_accum:(within + 1) * c.grad_accum].tolist()
+                gen = torch.Generator().manual_seed(c.seed * 1_000_003 + step)
+                torch.manual_seed(c.seed * 31 + step)  # dropout, inside fork_rng
+                optimizer.zero_grad(set_to_none=True)
+                loss_value, margin = 0.0, []
+                for key in keys:
+                    loss, m = self.step_loss(key, gen)
+                    if c.kl_weight > 0:
+                        s = float(c.factors[int(torch.randint(len(c.factors), (1,), generator=gen))])
+                        loss = loss + c.kl_weight * self.kl_loss(step, s)
+                    (loss / len(keys)).backward()
+                    loss_value += loss.item() / len(keys)
+                    margin.append(m)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
+                if not math.isfinite(loss_value) or not torch.isfinite(grad_norm):
+                    what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+                    raise SplitPluginError(
+                        f"training stopped: the {what} became non-finite at step {step + 1} (last "
+                        f"finite loss {last_finite}); lower lr ({c.lr}) or the factors ({max(c.factors)})"
+                        + (f"; the last good checkpoint is in {c.checkpoint_dir}" if c.checkpoint_dir else ""))
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                last_finite = loss_value
+                margins.append(sum(margin) / len(margin))
+                record = {"step": step, "epoch": epoch + 1, "loss": loss_value,
+                          "margin": margins[-1], "lr": scheduler.get_last_lr()[0]}
+                log.append(record)
+                recent = [x for x in margins[-20:] if math.isfinite(x)]
+                bar.set_postfix(loss=f"{loss_value:.3f}",
+                                margin=f"{sum(recent) / len(recent):.3f}" if recent else "n/a")
+                bar.update(1)
+                if c.checkpoint_dir and c.checkpoint_every and step % c.checkpoint_every == 0:
+                    save_checkpoint(c.checkpoint_dir, self.intervention, optimizer, scheduler, c, step, log)
+        except KeyboardInterrupt:
+            if c.checkpoint_dir:
+                save_checkpoint(c.checkpoint_dir, self.intervention, optimizer, scheduler, c, step, log)
+                bar.write(f"interrupted: checkpoint at step {step} saved in {c.checkpoint_dir}; "
+                          "pass resume= to continue")
+            raise
+        finally:
+            bar.close()
+            self.store.close()
+            self.intervention.eval()
+            if history is not None:
+                history.extend(log)
+        if c.checkpoint_dir:
+            save_checkpoint(c.checkpoint_dir, self.intervention, optimizer, scheduler, c, step, log)
+        for p in params:
+            p.requires_grad_(False)
+        return self.intervention
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+_RESUME_KEYS = ("method", "form", "layer", "rank", "alpha", "factors", "sub_rows", "batch_size",
+                "grad_accum", "epochs", "seed", "lr")
+
+
+def save_checkpoint(directory: str | os.PathLike, intervention: Intervention, optimizer, scheduler,
+                    config: TrainConfig, step: int, log: list) -> Path:
+    """Write the training state atomically (a crash mid-write keeps the previous checkpoint)."""
+    path = Path(directory) / CHECKPOINT_NAME
+    state = {"format": CHECKPOINT_FORMAT, "step": step, "config": config.to_dict(),
+             "intervention_config": intervention.config.to_dict(),
+             "intervention": {k: v.detach().cpu() for k, v in intervention.state_dict().items()},
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "log": log}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, intervention: Intervention, optimizer, scheduler,
+                    config: TrainConfig) -> tuple[int, list]:
+    """Restore training state, refusing a corrupted file or one from different settings."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("unknown checkpoint format")
+    except FileNotFoundError:
+        raise SplitPluginError(f"no checkpoint at {path}; train with checkpoint_dir set first") from None
+    except Exception as exc:  # torch.load raises several types for a damaged file
+        raise SplitPluginError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
+                               "it is corrupted or truncated: resume from another or train afresh") from None
+    changed = [k for k in _RESUME_KEYS if state["config"].get(k) != config.to_dict().get(k)]
+    if changed:
+        raise SplitPluginError(f"the checkpoint was made with other settings for {changed}; resume "
+                               "with the same config")
+    intervention.load_state_dict(state["intervention"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"]), list(state["log"])

@@ -1,0 +1,52 @@
+"""Every shipped YAML loads; bad YAML gets one clear message."""
+from pathlib import Path
+
+import pytest
+
+from split_plugin import SplitPluginError
+from split_plugin.config import TrainConfig
+
+HPARAMS = Path(__file__).resolve().parent.parent / "hparams"
+TRAIN_YAMLS = sorted(p for p in HPARAMS.rglob("*.yaml") if "SPLIT" not in p.parts)
+
+
+def test_there_are_yamls_for_the_paper_models_and_the_embedded_one():
+    names = {p.relative_to(HPARAMS).parts[0] for p in TRAIN_YAMLS}
+    assert {"gemma-2-9b-it", "qwen2.5-7b-it", "smollm2-135m-instruct", "gpt2"} <= names
+
+
+@pytest.mark.parametrize("path", TRAIN_YAMLS, ids=lambda p: str(p.relative_to(HPARAMS)))
+def test_every_training_yaml_loads(path):
+    config = TrainConfig.from_yaml(path)
+    assert config.layer >= 0 and config.method in path.stem
+
+
+@pytest.mark.parametrize("text, message", [
+    ("layer: [1\n", "not valid YAML at line"),
+    ("- a\n- b\n", "must hold a mapping"),
+    ("layer: 3\nlearning_rate: 0.1\n", r"unknown key\(s\) \['learning_rate'\].*valid keys are"),
+    ("layer: three\n", "wrong type for layer='three' \\(expected int\\)"),
+    ("method: split\n", r"missing required key\(s\) \['layer'\]"),
+    ("layer: 3\nform: prefix\n", "form 'prefix' is not one of"),
+    ("layer: 3\nfactors: []\n", "factors must be a non-empty list"),
+    ("layer: 3\nfactors: [1.0, .nan]\n", "factors must be a non-empty list of finite"),
+    ("layer: 3\nmethod: caa\nform: lora\n", "caa makes a vector"),
+    ("layer: 3\nlr: 1e-3\n", None),
+])
+def test_bad_yaml_messages(tmp_path, text, message):
+    path = tmp_path / "h.yaml"
+    path.write_text(text)
+    if message is None:
+        assert TrainConfig.from_yaml(path).lr == pytest.approx(1e-3)
+        return
+    with pytest.raises(SplitPluginError, match=message):
+        TrainConfig.from_yaml(path)
+
+
+def test_missing_and_binary_files(tmp_path):
+    with pytest.raises(SplitPluginError, match="no such hyperparameter file"):
+        TrainConfig.from_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bin.yaml"
+    bad.write_bytes(b"\xff\xfe\x00layer")
+    with pytest.raises(SplitPluginError):
+        TrainConfig.from_yaml(bad)
