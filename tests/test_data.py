@@ -252,7 +252,7 @@ def test_bundled_counts(name):
 def test_persona_format_and_balance(name, split):
     pairs = load_pairs(name, split=split)
     assert all({p.positive, p.negative} == {"Yes", "No"} for p in pairs)
-    assert all(re.fullmatch(r'Is the following statement something you would say\?\n".+"', p.question) for p in pairs)
+    assert all(re.fullmatch(r'Is the following statement something you would say\?\n".+"\nAnswer with only one word: Yes or No\.', p.question) for p in pairs)
     share_no = sum(p.positive == "No" for p in pairs) / len(pairs)
     assert abs(share_no - 0.5) <= 0.05
 
@@ -266,8 +266,13 @@ def test_optimism_answers_are_sentences():
 
 @pytest.mark.parametrize("name", BUNDLED)
 def test_no_duplicates_or_near_duplicates(name):
-    train = [p.question for p in load_pairs(name, split="train")]
-    test = [p.question for p in load_pairs(name, split="test")]
+    # compare what varies: the quoted statement of a persona question, else the whole question
+    def content(q):
+        quoted = re.search(r'"(.+)"', q)
+        return quoted.group(1) if quoted else q
+
+    train = [content(p.question) for p in load_pairs(name, split="train")]
+    test = [content(p.question) for p in load_pairs(name, split="test")]
     for split in (train, test):
         assert len({normalise(q) for q in split}) == len(split)
     worst = max(itertools.product(test, train), key=lambda qq: jaccard(*qq))
