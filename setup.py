@@ -17,7 +17,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["split_plugin", "split_plugin.*"]),
-    package_data={"split_plugin": ["datasets/*.md", "datasets/*.txt", "datasets/*/*.jsonl"]},
+    package_data={"split_plugin": ["datasets/*.md", "datasets/*.txt", "datasets/*/*.jsonl",
+                                 "presets/*/*.yaml"]},
     include_package_data=True,
     install_requires=[
         # torch is pinned by the README's set-up (CPU build); any torch >= 2.4 works here.

@@ -7,7 +7,9 @@ from split_plugin import SplitPluginError
 from split_plugin.config import TrainConfig
 
 HPARAMS = Path(__file__).resolve().parent.parent / "hparams"
-TRAIN_YAMLS = sorted(p for p in HPARAMS.rglob("*.yaml") if "SPLIT" not in p.parts)
+# explicit depths: rglob would not follow the hparams/smollm2-135m-instruct link into the package
+TRAIN_YAMLS = sorted(p for pattern in ("*/*.yaml", "*/*/*.yaml") for p in HPARAMS.glob(pattern)
+                     if "SPLIT" not in p.parts)
 
 
 def test_there_are_yamls_for_the_paper_models_and_the_embedded_one():

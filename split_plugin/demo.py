@@ -1,0 +1,147 @@
+"""The main job: CAA, SFT and SPLIT trained side by side on the embedded model, one report.
+
+Every method is compared at matched strength: multipliers chosen so that the edit's median
+norm is a fixed fraction of the median residual-stream norm at the layer (see strength.py).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .analysis import sweep, write_report
+from .config import TrainConfig
+from .data import load_heldout_text, load_pairs
+from .fileio import atomic_dir
+from .generate import generate
+from .presets import preset_path
+from .intervention import Intervention
+from .models import load_default_model
+from .strength import edit_ratio, matched_multipliers
+from .train import train
+
+STRENGTHS = (-0.25, 0.0, 0.1, 0.25, 0.5)  # |m * delta| / median |h| at the layer
+TABLE_STRENGTHS = (0.0, 0.1, 0.25, 0.5)
+HELDOUT_WORDS = 900  # enough held-out prose for a stable perplexity, small enough for 2 cores
+GENERATION_PROMPTS = 3
+
+
+@dataclass
+class MethodRun:
+    name: str
+    intervention: Intervention
+    seconds: float
+    multipliers: list[float]
+
+
+def _methods(forms: list[str]) -> list[tuple[str, str]]:
+    """(display name, preset) pairs: the two baselines, then SPLIT in each requested form."""
+    runs = [("CAA", "caa-vector"), ("SFT", "sft-vector")]
+    names = {"vector": "SPLIT", "lora": "SPLIT-lora", "local_weight": "SPLIT-local_weight"}
+    return runs + [(names[f], f"split-{f}") for f in forms]
+
+
+def _train_all(model, tokenizer, pairs, forms: list[str], quick: bool, text: str) -> list[MethodRun]:
+    runs = []
+    for name, preset in _methods(forms):
+        config = TrainConfig.from_yaml(preset_path(preset))
+        if quick:
+            config = TrainConfig.from_dict({**config.to_dict(), "epochs": 1})
+        print(f"[demo] training {name} ({preset}.yaml) on {len(pairs)} pairs", flush=True)
+        start = time.perf_counter()
+        intervention = train(model, tokenizer, pairs, config)
+        seconds = time.perf_counter() - start
+        ratio = edit_ratio(model, tokenizer, intervention, text)
+        runs.append(MethodRun(name, intervention, seconds, matched_multipliers(ratio, STRENGTHS)))
+    return runs
+
+
+def _table(runs: list[MethodRun], results: dict) -> list[dict]:
+    rows = []
+    for run in runs:
+        by_m = {round(r["multiplier"], 6): r for r in results[run.name].summary()}
+        for strength, m in zip(STRENGTHS, run.multipliers):
+            if strength not in TABLE_STRENGTHS:
+                continue
+            r = by_m[round(m, 6)]
+            rows.append({"method": run.name, "form": run.intervention.form,
+                         "trainable_params": run.intervention.num_parameters(),
+                         "train_seconds": round(run.seconds, 1), "strength": strength,
+                         "multiplier": round(m, 3), "accuracy": round(r["accuracy"], 3),
+                         "pref_log_odds": round(r["pref_mean"], 3), "util_log_odds": round(r["util_mean"], 3),
+                         "util_undefined": r["util_undefined"],
+                         "ppl_increase_pct": round(100 * r["ppl_increase"], 1)})
+    return rows
+
+
+def _markdown_table(rows: list[dict]) -> str:
+    head = ["method", "params", "strength", "m", "accuracy", "pref log-odds", "util log-odds",
+            "ppl increase"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['trainable_params']} | {r['strength']:.2f} | {r['multiplier']:g} | "
+                     f"{r['accuracy']:.3f} | {r['pref_log_odds']:+.2f} | {r['util_log_odds']:+.2f} | "
+                     f"{r['ppl_increase_pct']:+.1f}% |")
+    return "\n".join(lines)
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _generations(model, tokenizer, runs: list[MethodRun], prompts: list[str]) -> str:
+    lines = ["# Steered generations (greedy), strength 0.25 of the residual norm", ""]
+    base = generate(model, tokenizer, prompts, max_new_tokens=40)
+    for i, prompt in enumerate(prompts):
+        lines += [f"## {prompt}", "", f"- **unsteered**: {base[i]}"]
+        for run in runs:
+            m = run.multipliers[STRENGTHS.index(0.25)]
+            text = generate(model, tokenizer, [prompt], run.intervention, multiplier=m, max_new_tokens=40)[0]
+            lines.append(f"- **{run.name}** (m = {m:.3g}): {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_demo(out_dir: str | Path = "reports/demo", concept: str = "power-seeking", quick: bool = False,
+             forms: str = "vector") -> Path:
+    """Train, sweep and report; returns the report folder."""
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    form_list = [f.strip() for f in forms.split(",") if f.strip()]
+    model, tokenizer = load_default_model()
+    train_pairs = load_pairs(concept, split="train", limit=48 if quick else None)
+    test_pairs = load_pairs(concept, split="test", limit=24 if quick else None)
+    text = " ".join(load_heldout_text().split()[:HELDOUT_WORDS])
+    runs = _train_all(model, tokenizer, train_pairs, form_list, quick, text)
+    results = {}
+    for run in runs:
+        print(f"[demo] sweeping {run.name} over {len(test_pairs)} test pairs", flush=True)
+        results[run.name] = sweep(model, tokenizer, run.intervention, test_pairs, run.multipliers,
+                                  heldout_text=text, bootstrap=300)
+    rows = _table(runs, results)
+    prompts = [p.question for p in test_pairs[:GENERATION_PROMPTS]]
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        write_report(results, tmp / "sweep", title=f"{concept}: CAA vs SFT vs SPLIT")
+        (tmp / "table.csv").write_text(_csv(rows), encoding="utf-8")
+        table = _markdown_table(rows)
+        (tmp / "generations.md").write_text(_generations(model, tokenizer, runs, prompts), encoding="utf-8")
+        (tmp / "README.md").write_text(
+            f"# Demo: {concept} on SmolLM2-135M-Instruct\n\nCommand: `split-steer demo"
+            f"{' --quick' if quick else ''} --concept {concept} --forms {forms}`; "
+            f"{len(train_pairs)} train / {len(test_pairs)} test pairs; "
+            f"{time.perf_counter() - start:.0f} s in all.\n\nStrength = median |m * delta| / median "
+            "residual norm at the layer (matched across methods).\n\n" + table +
+            "\n\nPlots and fits: `sweep/` (frontier.png: utility vs preference per method). "
+            "Generations: `generations.md`.\n", encoding="utf-8")
+    print("\n" + table + f"\n\n[demo] report written to {out_dir} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return out_dir
