@@ -17,8 +17,11 @@ def _load_model(name: str):
 def _train(args: argparse.Namespace) -> None:
     from .config import TrainConfig
     from .data import load_pairs
-    from .train import train
+    from .fileio import check_replaceable
+    from .serialization import CONFIG_NAME, WEIGHTS_NAME
+    from .trainer import train
 
+    check_replaceable(args.out, owned=(CONFIG_NAME, WEIGHTS_NAME), what="saved intervention")
     config = TrainConfig.from_yaml(args.hparams)
     overrides = {k: v for k, v in (("layer", args.layer), ("method", args.method), ("form", args.form))
                  if v is not None}
@@ -98,12 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """The error message on one line (wrapped library messages may span several)."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except SplitPluginError as exc:
-        print(f"split-steer: error: {exc}", file=sys.stderr)
+        print(f"split-steer: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("split-steer: interrupted", file=sys.stderr)

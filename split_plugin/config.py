@@ -7,6 +7,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 import yaml
 
 from .errors import SplitPluginError
@@ -85,11 +86,16 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "max_length"):
             if getattr(self, name) <= 0:
                 bad(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "cache_limit_mb"):
+            if getattr(self, name) < 0:
+                bad(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "max_grad_norm", "pos_weight", "neg_weight",
-                     "margin_weight", "margin", "kl_weight", "reps_beta", "dropout"):
+                     "margin_weight", "margin", "kl_weight", "reps_beta", "reps_gamma", "dropout"):
             value = getattr(self, name)
-            if not math.isfinite(value) or (value < 0 and name != "margin"):
+            if not math.isfinite(value) or (value < 0 and name not in ("margin", "reps_gamma")):
                 bad(f"{name} must be a finite number >= 0, got {value}")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
+            bad(f"alpha must be a finite number > 0 (or null for alpha = rank), got {self.alpha}")
         if not 0 <= self.dropout < 1:
             bad(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.factors or not all(math.isfinite(f) and f > 0 for f in self.factors):
@@ -98,6 +104,7 @@ class TrainConfig:
             bad(f"loss_reduction must be 'mean' or 'sum', got {self.loss_reduction!r}")
         if self.autocast not in (None, "bf16", "fp16"):
             bad(f"autocast must be null, 'bf16' or 'fp16', got {self.autocast!r}")
+        _check_device_name(self.device)
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
@@ -106,7 +113,7 @@ class TrainConfig:
         if not isinstance(data, Mapping):
             raise SplitPluginError(f"{source} must be a mapping of settings, got {type(data).__name__}")
         valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(valid))
+        unknown = sorted(set(data) - set(valid), key=str)
         if unknown:
             raise SplitPluginError(f"unknown key(s) {unknown} in {source}; valid keys are {valid}")
         missing = [f.name for f in fields(cls) if f.default is MISSING
@@ -136,9 +143,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise SplitPluginError(f"{path} is not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
     except UnicodeDecodeError:
         raise SplitPluginError(f"{path} is not UTF-8 text") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # bad !!int/!!float/... values
+        raise SplitPluginError(f"{path} is not valid YAML: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict):
         raise SplitPluginError(f"{path} must hold a mapping of settings (key: value lines)")
     return data
+
+
+def _check_device_name(device: str) -> None:
+    """Refuse a device string torch cannot parse (availability is checked when training starts)."""
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SplitPluginError(f"device {device!r} is not a device name; use cpu, cuda, cuda:N or mps") from None
 
 
 def _matches(value: Any, annotation: Any) -> bool:

@@ -28,6 +28,7 @@ __all__ = [
     "load_axbench",
     "list_datasets",
     "load_heldout_text",
+    "read_text",
     "format_prompt",
     "answer_suffix",
     "encode_pairs",
@@ -66,12 +67,25 @@ class ContrastivePair:
                 raise SplitPluginError(
                     f"ContrastivePair.{name} must be a non-empty string, got {value!r} "
                     f"(question {_short(self.question)}); fill in the {name} field")
+            if not _is_unicode(value):
+                raise SplitPluginError(
+                    f"ContrastivePair.{name} {_short(value)} holds a lone surrogate (half of an escaped "
+                    "emoji or a bad \\ud800-style escape) that no tokenizer accepts; fix the text")
         if self.positive.strip() == self.negative.strip():
             raise SplitPluginError(
                 f"positive and negative answers are identical ({_short(self.positive)}) for "
                 f"question {_short(self.question)}; a pair needs two different answers")
         if self.concept is not None and not isinstance(self.concept, str):
             raise SplitPluginError(f"ContrastivePair.concept must be a string or None, got {self.concept!r}")
+
+
+def _is_unicode(text: str) -> bool:
+    """False for text with lone surrogates (valid JSON escapes, but not encodable text)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- file readers
@@ -89,6 +103,11 @@ def _read_text(path: str | Path) -> str:
         line = data[: err.start].count(b"\n") + 1
         raise SplitPluginError(
             f"{path}: line {line} is not valid UTF-8 ({err.reason}); save the file as UTF-8") from None
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file (e.g. generic text for the KL option), with clear errors for missing or binary files."""
+    return _read_text(path)
 
 
 def _check_columns(found: Iterable[str], expected: Sequence[str], where: str) -> None:
@@ -135,6 +154,8 @@ def _json_records(path: str | Path) -> list[tuple[int, dict]]:
         except json.JSONDecodeError as err:
             raise SplitPluginError(
                 f"{path}: line {number} is not valid JSON ({err.msg}); each line must be one JSON object") from None
+        except RecursionError:
+            raise SplitPluginError(f"{path}: line {number} nests JSON too deeply to read") from None
         if not isinstance(record, dict):
             raise SplitPluginError(f"{path}: line {number} is a JSON {type(record).__name__}, not an object")
         records.append((number, record))
@@ -263,7 +284,7 @@ def _detect_format(path: Path) -> str:
         first = next((line for line in _read_text(path).splitlines() if line.strip()), "{}")
         try:
             keys = json.loads(first)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return "jsonl"  # the loader reports the bad line with its number
         is_reference = isinstance(keys, dict) and "answer_matching_behavior" in keys and "positive" not in keys
         return "psychopathy" if is_reference else "jsonl"
@@ -423,6 +444,13 @@ class PairBatch:
 _TENSOR_FIELDS = ("input_ids", "attention_mask", "labels", "prompt_lengths", "answer_lengths")
 
 
+def _check_tokenizer(tokenizer) -> None:
+    """Refuse something that is not a Hugging Face tokenizer (None, the model, a name)."""
+    if not callable(tokenizer) or not hasattr(tokenizer, "pad_token_id"):
+        raise SplitPluginError(f"expected a Hugging Face tokenizer, got {type(tokenizer).__name__}; "
+                               "pass the tokenizer that load_model returns with the model")
+
+
 def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, with no special tokens added."""
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
@@ -497,6 +525,7 @@ def encode_pairs(tokenizer, pairs: Sequence[ContrastivePair], max_length: int | 
     (both rows of a pair the same way) and answers are kept whole; at least one prompt token
     must remain.
     """
+    _check_tokenizer(tokenizer)
     if not pairs:
         raise SplitPluginError("encode_pairs got no pairs; pass at least one ContrastivePair")
     if max_length is not None and max_length < 2:
@@ -526,6 +555,7 @@ def encode_texts(tokenizer, texts: str | Sequence[str], max_length: int = 512,
     consecutive windows of at most `max_length` tokens, one row each; labels are the ids on
     real tokens and -100 on padding.
     """
+    _check_tokenizer(tokenizer)
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
         raise SplitPluginError("encode_texts needs one or more non-empty strings")

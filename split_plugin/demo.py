@@ -22,7 +22,7 @@ from .presets import preset_path
 from .intervention import Intervention
 from .models import load_default_model
 from .strength import edit_ratio, matched_multipliers
-from .train import train
+from .trainer import train
 
 STRENGTHS = (-0.25, 0.0, 0.1, 0.25, 0.5)  # |m * delta| / median |h| at the layer
 TABLE_STRENGTHS = (0.0, 0.1, 0.25, 0.5)

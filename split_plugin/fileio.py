@@ -6,13 +6,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+from .errors import SplitPluginError
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path next to `path`; rename it into place only if the block succeeds."""
     path = Path(path)
+    if path.is_dir():
+        raise SplitPluginError(f"{path} is an existing folder; nothing was written: give a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -29,24 +33,50 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def check_replaceable(path: str | os.PathLike, owned: Iterable[str] | None = None,
+                      what: str = "save") -> None:
+    """Refuse to replace a file, or (with `owned`) a folder holding files other than a previous save."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SplitPluginError(f"{path} is an existing file, not a folder; nothing was written: "
+                               f"choose a folder path for the {what}")
+    if owned is None or not path.is_dir():
+        return
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in set(owned))
+    if foreign:
+        raise SplitPluginError(f"{path} already holds files that are not a previous {what} "
+                               f"({foreign[:5]}); nothing was written: choose a new or empty folder")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, owned: Iterable[str] | None = None,
+               what: str = "save") -> Iterator[Path]:
     """Yield a temporary folder next to `path`; on success it replaces `path` (old one removed).
 
-    The swap is two renames: the old folder moves aside, the new one moves in. A crash between
-    them leaves the old folder intact under a `.old` name and never a half-written `path`.
+    The swap is two renames: the old folder moves aside, the new one moves in (if that fails
+    the old one moves back). A hard crash between them leaves the old folder intact under a
+    `.old` name and never a half-written `path`.
+    An existing file at `path` is never replaced; with `owned` (the names a save writes) neither
+    is a folder holding anything else, so a user's folder is never swept away.
     """
     path = Path(path)
+    check_replaceable(path, owned, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        check_replaceable(path, owned, what)
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.rmdir(old)
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)  # put the previous folder back
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

@@ -47,8 +47,17 @@ class InterventionConfig:
             raise SplitPluginError(f"form {self.form!r} is not one of {FORMS}")
         if not isinstance(self.layer, int) or self.layer < 0:
             raise SplitPluginError(f"layer must be a non-negative integer, got {self.layer!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise SplitPluginError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("hidden_size", "intermediate_size"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value <= 0):
+                raise SplitPluginError(f"{name} must be a positive integer, got {value!r}")
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise SplitPluginError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.alpha is not None and (not _is_number(self.alpha) or not 0 < self.alpha < math.inf):
+            raise SplitPluginError(f"lora alpha must be a finite number > 0 (None: alpha = rank), got {self.alpha!r}")
+        for name in ("model_type", "concept"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise SplitPluginError(f"{name} must be a string or None, got {getattr(self, name)!r}")
         if self.form != "vector" and not self.intermediate_size:
             raise SplitPluginError(f"the {self.form} form needs intermediate_size (the down "
                                    "projection's input width)")
@@ -84,6 +93,38 @@ class InterventionConfig:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
             raise SplitPluginError(f"intervention config is incomplete: {exc}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_multiplier(multiplier: Any) -> Multiplier:
+    """A finite number, or a numeric tensor (one value per batch row); anything else is refused."""
+    if torch.is_tensor(multiplier):
+        if not (multiplier.dtype.is_complex or multiplier.dtype == torch.bool):
+            return multiplier
+    elif not isinstance(multiplier, (str, bool)) and hasattr(multiplier, "__float__") \
+            and math.isfinite(float(multiplier)):
+        return multiplier
+    raise SplitPluginError(f"the multiplier must be a finite number (or a tensor with one per batch row), "
+                           f"got {multiplier!r}")
+
+
+def _scalar_multiplier(multiplier: Any) -> float:
+    """One finite float (fold writes a single strength into the weights)."""
+    try:
+        value = float(check_multiplier(multiplier))
+    except (RuntimeError, TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise SplitPluginError(f"fold takes one finite number as the multiplier, got {multiplier!r}; "
+                               "per-row multipliers need apply()")
+    return value
 
 
 def _as_row_multiplier(multiplier: Multiplier, ref: torch.Tensor) -> torch.Tensor | float:
@@ -192,6 +233,9 @@ class Intervention(nn.Module):
         resolved = resolve_layout(model, layout)
         if id(model) in self._folded:
             raise SplitPluginError("this intervention is already folded into this model; unfold first")
+        resolved.check_layer(self.layer)
+        _check_fits(self, resolved)
+        m = _scalar_multiplier(multiplier)
         if self.form == "vector" and resolved.post_mlp_norm(self.layer) is not None:
             raise SplitPluginError(
                 f"the vector form cannot be folded exactly into a {resolved.model_type} model: a "
@@ -200,29 +244,31 @@ class Intervention(nn.Module):
         proj = resolved.down_proj(self.layer)
         saved_w = proj.weight.detach().clone()
         saved_b = proj.bias.detach().clone() if proj.bias is not None else None
-        with torch.no_grad():
-            dw = self.delta_weight_matrix()
-            if dw is not None:
-                dw = dw if type(proj).__name__ == "Conv1D" else dw.T
-                proj.weight.copy_((proj.weight.float() + float(multiplier) * dw).to(proj.weight.dtype))
-            db = self.delta_bias_vector()
-            if db is not None:
-                if proj.bias is None:
-                    proj.bias = nn.Parameter(proj.weight.new_zeros(db.shape[0]), requires_grad=False)
-                proj.bias.copy_((proj.bias.float() + float(multiplier) * db).to(proj.bias.dtype))
+        try:
+            self._write_update(proj, m)
+        except BaseException:
+            _restore(proj, saved_w, saved_b)  # never leave a half-written layer
+            raise
         self._folded[id(model)] = (proj, saved_w, saved_b)
+
+    @torch.no_grad()
+    def _write_update(self, proj: nn.Module, multiplier: float) -> None:
+        """`W += m dW` (transposed for nn.Linear) and `b += m db` in place."""
+        dw = self.delta_weight_matrix()
+        if dw is not None:
+            dw = dw if type(proj).__name__ == "Conv1D" else dw.T
+            proj.weight.copy_((proj.weight.float() + multiplier * dw).to(proj.weight.dtype))
+        db = self.delta_bias_vector()
+        if db is not None:
+            if proj.bias is None:
+                proj.bias = nn.Parameter(proj.weight.new_zeros(db.shape[0]), requires_grad=False)
+            proj.bias.copy_((proj.bias.float() + multiplier * db).to(proj.bias.dtype))
 
     def unfold(self, model: nn.Module) -> None:
         """Restore the down projection exactly as it was before `fold`."""
         if id(model) not in self._folded:
             raise SplitPluginError("this intervention is not folded into this model")
-        proj, saved_w, saved_b = self._folded.pop(id(model))
-        with torch.no_grad():
-            proj.weight.copy_(saved_w)
-            if saved_b is None:
-                proj.bias = None
-            else:
-                proj.bias.copy_(saved_b)
+        _restore(*self._folded.pop(id(model)))
 
     # -- persistence (see serialization.py) -----------------------------------------------
     def save_pretrained(self, directory: str) -> None:
@@ -242,6 +288,16 @@ class Intervention(nn.Module):
         return f"form={c.form}, layer={c.layer}{rank}, params={self.num_parameters()}"
 
 
+@torch.no_grad()
+def _restore(proj: nn.Module, saved_w: torch.Tensor, saved_b: torch.Tensor | None) -> None:
+    """Put a down projection's saved weight and bias back (a bias fold added is removed)."""
+    proj.weight.copy_(saved_w)
+    if saved_b is None:
+        proj.bias = None
+    else:
+        proj.bias.copy_(saved_b)
+
+
 def _add_to_output(output: Any, delta_fn) -> Any:
     """Return the module's output with the update added to its hidden states (never in place)."""
     if isinstance(output, tuple):
@@ -256,7 +312,7 @@ class InterventionHandle:
     def __init__(self, intervention: Intervention, model: nn.Module, multiplier: Multiplier,
                  layout: ArchSpec | Mapping | ModelLayout | None = None):
         self.intervention = intervention
-        self.multiplier = multiplier
+        self.multiplier = check_multiplier(multiplier)
         self._hooks: list = []
         resolved = layout if isinstance(layout, ModelLayout) else resolve_layout(model, layout)
         resolved.check_layer(intervention.layer)
@@ -296,7 +352,7 @@ class InterventionHandle:
 
 
 def _check_fits(intervention: Intervention, layout: ModelLayout) -> None:
-    """Refuse an intervention whose shapes do not match the model's layer."""
+    """Refuse an intervention whose shapes or model type do not match the model's layer."""
     d_in, d_out = layout.down_proj_dims(intervention.layer)
     c = intervention.config
     if c.hidden_size != d_out or (c.form != "vector" and c.intermediate_size != d_in):
@@ -306,3 +362,14 @@ def _check_fits(intervention: Intervention, layout: ModelLayout) -> None:
             + f" (model type {c.model_type}), but layer {c.layer} of this {layout.model_type} "
             f"model has {d_out} and {d_in}; load it onto the model it was trained for"
         )
+    if c.model_type and _family(c.model_type) != _family(layout.model_type):
+        raise SplitPluginError(
+            f"this {c.form} intervention was trained on a {c.model_type} model, but this model is a "
+            f"{layout.model_type}; load it onto the model it was trained for (or, if the weights "
+            f"really are the same, set intervention.config.model_type = {layout.model_type!r})"
+        )
+
+
+def _family(model_type: str) -> str:
+    """A model type without the `_text` suffix (gemma3_text is the text part of gemma3)."""
+    return model_type.removesuffix("_text")

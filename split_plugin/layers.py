@@ -171,6 +171,9 @@ def _spec_from_override(override: ArchSpec | Mapping) -> ArchSpec:
 
 def resolve_layout(model: nn.Module, override: ArchSpec | Mapping | None = None) -> ModelLayout:
     """Find the decoder layers and their down projections by model type, override, or a guess."""
+    if not isinstance(model, nn.Module):
+        raise SplitPluginError(f"expected a loaded torch model (nn.Module), got {type(model).__name__}; "
+                               "load one with split_plugin.models.load_model(path)")
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None) or type(model).__name__
     if override is not None:

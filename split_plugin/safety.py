@@ -38,7 +38,10 @@ def model_device(model: nn.Module) -> torch.device:
 
 def check_device(requested: str, model: nn.Module) -> torch.device:
     """The model's device, refusing a requested device that is missing or differs from it."""
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        raise SplitPluginError(f"device {requested!r} is not a device name; use cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SplitPluginError(f"device {requested!r} was asked for but CUDA is not available on "
                                "this machine; set device: cpu")

@@ -21,6 +21,7 @@ from .version import __version__
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "intervention.safetensors"
 LIBRARY = "split-plugin"
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
 
 def _sha256(path: Path) -> str:
@@ -31,7 +32,7 @@ def save_intervention(intervention: Intervention, directory: str | Path) -> None
     """Write config.json (form, layer, shapes, version, checksum) and the tensors, atomically."""
     tensors = {name: p.detach().to(torch.float32).cpu().contiguous()
                for name, p in intervention.named_parameters()}
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, owned=(CONFIG_NAME, WEIGHTS_NAME), what="saved intervention") as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME))
         config = {"library": LIBRARY, **intervention.config.to_dict(), "version": __version__,
                   "tensors": {k: list(v.shape) for k, v in tensors.items()},
@@ -65,7 +66,7 @@ def load_intervention(directory: str | Path) -> Intervention:
     except (SafetensorError, OSError, ValueError) as exc:
         raise SplitPluginError(f"cannot read {weights_path} ({exc}); it is truncated or corrupted") from None
     _load_state(intervention, state, str(weights_path))
-    if shapes is not None and any(list(state[k].shape) != list(v) for k, v in shapes.items() if k in state):
+    if isinstance(shapes, dict) and any(list(state[k].shape) != list(v) for k, v in shapes.items() if k in state):
         raise SplitPluginError(f"tensor shapes in {weights_path} differ from {CONFIG_NAME}")
     return intervention
 
@@ -112,7 +113,7 @@ def export_peft(intervention: Intervention, model: nn.Module, directory: str | P
     prefix = f"base_model.model.{name}"
     tensors = {f"{prefix}.lora_A.weight": intervention.lora_A.detach().T.contiguous().float(),
                f"{prefix}.lora_B.weight": (float(multiplier) * intervention.lora_B.detach().T).contiguous().float()}
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, owned=PEFT_FILES, what="peft adapter") as tmp:
         peft_config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
 

@@ -10,7 +10,7 @@ from split_plugin.config import TrainConfig
 from split_plugin.data import ContrastivePair, encode_pairs
 from split_plugin.objectives import AnswerTokens, sequence_logprobs
 from split_plugin.safety import hooked_modules
-from split_plugin.train import _Trainer, train
+from split_plugin.trainer import _Trainer, train
 
 PAIRS = [ContrastivePair(f"question number {i}?", "Yes" if i % 2 else "No", "No" if i % 2 else "Yes")
          for i in range(7)]

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .data import ContrastivePair, PairBatch, encode_pairs, encode_texts, load_heldout_text
+from .data import ContrastivePair, PairBatch, encode_pairs, encode_texts, load_heldout_text, read_text
 from .errors import SplitPluginError
 from .fileio import atomic_path
 from .forward import Prefix, capture_prefix, run_suffix
@@ -40,10 +40,17 @@ def as_train_config(config: TrainConfig | Mapping | str | os.PathLike) -> TrainC
         return config
     if isinstance(config, Mapping):
         return TrainConfig.from_dict(config)
-    return TrainConfig.from_yaml(config)
+    if isinstance(config, (str, os.PathLike)):
+        return TrainConfig.from_yaml(config)
+    raise SplitPluginError(f"config must be a TrainConfig, a mapping of settings or a YAML path, "
+                           f"got {type(config).__name__}")
 
 
 def check_pairs(pairs: Sequence[ContrastivePair]) -> list[ContrastivePair]:
+    """The pairs as a list; an empty set or anything but ContrastivePair objects is refused."""
+    if pairs is None or isinstance(pairs, (str, bytes, Mapping)) or not hasattr(pairs, "__iter__"):
+        raise SplitPluginError(f"training data must be a list of ContrastivePair objects, got "
+                               f"{type(pairs).__name__}; load files with split_plugin.load_pairs")
     pairs = list(pairs)
     if not pairs:
         raise SplitPluginError("the training set is empty; pass at least one ContrastivePair")
@@ -63,11 +70,24 @@ def train(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair],
     layout = resolve_layout(model)
     layout.check_layer(config.layer)
     check_device(config.device, model)
+    _check_paths(config)
     with frozen(model):
         if config.method == "caa":
             return mean_difference_vector(model, tokenizer, pairs, config, layout)
         with torch.random.fork_rng(devices=_cuda_devices(model)):
+            torch.manual_seed(config.seed)  # the lora init depends on the seed, not the caller's RNG
             return _Trainer(model, tokenizer, pairs, config, layout).run(resume, history)
+
+
+def _check_paths(config: TrainConfig) -> None:
+    """Fail before training, not at the first checkpoint or KL step, on a bad folder or text file."""
+    folder = config.checkpoint_dir
+    if folder and Path(folder).exists() and not Path(folder).is_dir():
+        raise SplitPluginError(f"checkpoint_dir {folder!r} is an existing file; give a folder path")
+    text = config.kl_text
+    if config.kl_weight > 0 and text not in (None, "heldout") and not Path(text).is_file():
+        raise SplitPluginError(f"kl_text {text!r} is not a file; give a text file or 'heldout' "
+                               "(the bundled held-out prose)")
 
 
 def _cuda_devices(model: nn.Module) -> list[int]:
@@ -302,7 +322,7 @@ class _Trainer:
     @torch.no_grad()
     def _prepare_kl(self) -> None:
         text = self.config.kl_text
-        text = load_heldout_text() if text in (None, "heldout") else Path(text).read_text(encoding="utf-8")
+        text = load_heldout_text() if text in (None, "heldout") else read_text(text)
         ids, mask, _ = encode_texts(self.tokenizer, [text], max_length=min(self.config.max_length, 128))
         device = next(self.model.parameters()).device
         for row in range(min(4, ids.shape[0])):
@@ -321,6 +341,11 @@ class _Trainer:
         start, log = 0, []
         if resume is not None:
             start, log = load_checkpoint(resume, self.intervention, optimizer, scheduler, c)
+            if start > total:
+                raise SplitPluginError(f"the checkpoint is at step {start}, past the {total} steps of "
+                                       "this run; resume with the same data and config")
+        for key in range(len(self.batches)):
+            self.batch(key)  # tokenize everything first: a bad pair fails before any step
         self.intervention.train()
         bar = tqdm(total=total, initial=start, desc=f"{c.method}/{c.form} L{c.layer}",
                    disable=not c.progress, dynamic_ncols=True)
@@ -410,18 +435,52 @@ def load_checkpoint(path: str | os.PathLike, intervention: Intervention, optimiz
         path = path / CHECKPOINT_NAME
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError("unknown checkpoint format")
     except FileNotFoundError:
         raise SplitPluginError(f"no checkpoint at {path}; train with checkpoint_dir set first") from None
     except Exception as exc:  # torch.load raises several types for a damaged file
-        raise SplitPluginError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
+        raise SplitPluginError(f"{path} is not a readable checkpoint ({_reason(exc)}); "
                                "it is corrupted or truncated: resume from another or train afresh") from None
+    _check_structure(state, path)
     changed = [k for k in _RESUME_KEYS if state["config"].get(k) != config.to_dict().get(k)]
     if changed:
         raise SplitPluginError(f"the checkpoint was made with other settings for {changed}; resume "
                                "with the same config")
-    intervention.load_state_dict(state["intervention"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"]), list(state["log"])
+    saved = {k: v for k, v in state["intervention_config"].items() if k not in ("concept", "version")}
+    ours = {k: v for k, v in intervention.config.to_dict().items() if k in saved}
+    if saved != ours:
+        diff = sorted(k for k in ours if saved[k] != ours[k])
+        raise SplitPluginError(f"{path} holds an intervention with other {diff} ({[saved[k] for k in diff]} "
+                               f"there, {[ours[k] for k in diff]} here); resume with the same model and config")
+    try:
+        intervention.load_state_dict(state["intervention"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as exc:
+        raise SplitPluginError(f"{path} does not fit this training run ({_reason(exc)}); "
+                               "resume from another checkpoint or train afresh") from None
+    return state["step"], list(state["log"])
+
+
+def _reason(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line, for wrapping it in our message."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_STATE_TYPES = {"step": int, "config": dict, "intervention_config": dict, "intervention": dict,
+                "optimizer": dict, "scheduler": dict, "log": list}
+
+
+def _check_structure(state, path: Path) -> None:
+    """Refuse a readable file that is not one of our checkpoints (or is damaged inside)."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise SplitPluginError(f"{path} is not a split_plugin checkpoint (format {CHECKPOINT_FORMAT}); "
+                               "resume from a checkpoint_dir written by train()")
+    wrong = [k for k, t in _STATE_TYPES.items() if not isinstance(state.get(k), t)]
+    if wrong or state["step"] < 0:
+        raise SplitPluginError(f"{path} is a damaged checkpoint (bad or missing {wrong or ['step']}); "
+                               "resume from another or train afresh")
+    bad = [k for k, v in state["intervention"].items() if not torch.is_tensor(v) or not torch.isfinite(v).all()]
+    if bad:
+        raise SplitPluginError(f"{path} holds non-finite or non-tensor values in {bad}; resume from an "
+                               "earlier checkpoint or train afresh")
