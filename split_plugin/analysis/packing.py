@@ -1,0 +1,131 @@
+"""Both answers of a pair in one row, so the shared prompt runs through the model once.
+
+A pair's two rows (question + positive, question + negative) share every prompt token, and in a
+causal model the prompt's states do not depend on what follows. A packed row is
+
+    [prompt, positive answer, negative answer]
+
+with position ids 0..P+A1-1 for the prompt and the positive answer and P..P+A2-1 for the
+negative one, and a 4D attention mask that is causal except that negative-answer tokens do not
+see positive-answer tokens. Every scored token then sees exactly what it sees in its own row,
+so the log-probs equal the unpacked ones up to float rounding, at about half the compute for
+short answers. The first packed batch of a sweep is checked against the unpacked path.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..objectives import AnswerTokens
+
+
+@dataclass
+class ScoringBatch:
+    """Model inputs and where each scored token is predicted: rows of the batch, summed per output row.
+
+    Plain batches score their own rows; packed batches have B rows holding 2B output rows
+    (2i positive, 2i+1 negative answer of pair i).
+    """
+
+    input_ids: torch.Tensor                # [B, T]
+    attention_mask: torch.Tensor           # [B, T], or [B, 1, T, T] additive float (0 = attend)
+    position_ids: torch.Tensor | None      # [B, T] when they are not 0..T-1
+    rows: torch.Tensor                     # [n] batch row of each scored token
+    positions: torch.Tensor                # [n] position whose logits predict it
+    tokens: AnswerTokens                   # targets, output row of each token, counts per output row
+
+    @classmethod
+    def plain(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> "ScoringBatch":
+        """Score each row's labelled tokens (labels = -100 elsewhere)."""
+        tokens = AnswerTokens.from_labels(labels)
+        return cls(input_ids, attention_mask, None, tokens.rows, tokens.positions, tokens)
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def output_rows(self) -> int:
+        return self.tokens.counts.shape[0]
+
+    def stacked(self, times: int) -> tuple[torch.Tensor, torch.Tensor, AnswerTokens]:
+        """(rows, positions, tokens) for the batch stacked `times` times (copy j after copy j-1)."""
+        offsets = torch.arange(times, device=self.rows.device).repeat_interleave(self.rows.numel())
+        return (self.rows.repeat(times) + offsets * self.batch_size, self.positions.repeat(times),
+                self.tokens.repeat(times))
+
+
+def _split_row(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
+    """(prompt ids, answer ids) of one encoded row, or None if the answer is not one final block."""
+    real = mask.bool()
+    ids, labels = ids[real], labels[real]
+    answer = (labels != -100).nonzero().flatten()
+    if answer.numel() == 0 or answer[0] < 1 or answer[-1] != ids.numel() - 1 \
+            or answer.numel() != ids.numel() - int(answer[0]):
+        return None
+    start = int(answer[0])
+    return ids[:start], ids[start:]
+
+
+def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+               dtype: torch.dtype, pad_id: int = 0, max_length: int | None = None) -> ScoringBatch | None:
+    """Pack rows 2i / 2i+1 (same prompt) into one row each; None where that is not possible."""
+    parts = []
+    for i in range(0, input_ids.shape[0], 2):
+        pos = _split_row(input_ids[i], attention_mask[i], labels[i])
+        neg = _split_row(input_ids[i + 1], attention_mask[i + 1], labels[i + 1])
+        if pos is None or neg is None or not torch.equal(pos[0], neg[0]):
+            return None
+        parts.append((pos[0], pos[1], neg[1]))
+    width = max(len(p) + len(a) + len(b) for p, a, b in parts)
+    if max_length is not None and width > max_length:
+        return None
+    return _build(parts, width, dtype, pad_id, input_ids.device)
+
+
+def _build(parts: list, width: int, dtype: torch.dtype, pad_id: int, device) -> ScoringBatch:
+    """Tensors of the packed batch from (prompt, positive, negative) id triples."""
+    n = len(parts)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    allowed = torch.eye(width, dtype=torch.bool).repeat(n, 1, 1)  # padding sees itself: no NaN rows
+    rows, positions, targets, counts = [], [], [], []
+    for i, (prompt, pos, neg) in enumerate(parts):
+        p, a, b = len(prompt), len(pos), len(neg)
+        ids[i, :p + a + b] = torch.cat([prompt, pos, neg]).cpu()
+        position_ids[i, :p + a + b] = torch.cat([torch.arange(p + a), p + torch.arange(b)])
+        seen = torch.ones(p + a + b, p + a + b, dtype=torch.bool).tril()
+        seen[p + a:, p:p + a] = False  # the negative answer never sees the positive one
+        allowed[i, :p + a + b, :p + a + b] = seen
+        # answer token j is predicted by the previous token of its own answer (the prompt's last for j = 0)
+        for start, answer in ((p, pos), (p + a, neg)):
+            before = [p - 1] + list(range(start, start + len(answer) - 1))
+            rows += [i] * len(answer)
+            positions += before
+            targets += answer.tolist()
+        counts += [a, b]
+    virtual = torch.repeat_interleave(torch.arange(2 * n), torch.tensor(counts))
+    mask = torch.zeros((n, 1, width, width), dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    tokens = AnswerTokens(rows=virtual.to(device), positions=torch.tensor(positions, device=device),
+                          targets=torch.tensor(targets, device=device),
+                          counts=torch.tensor(counts, device=device))
+    return ScoringBatch(ids.to(device), mask.to(device), position_ids.to(device),
+                       torch.tensor(rows, device=device), tokens.positions, tokens)
+
+
+@contextlib.contextmanager
+def position_ids_for(model: nn.Module, position_ids: torch.Tensor) -> Iterator[None]:
+    """Pass `position_ids` to every call of `model` in the block (capture_prefix does not)."""
+    def inject(module, args, kwargs):
+        return args, {**kwargs, "position_ids": position_ids}
+
+    handle = model.register_forward_pre_hook(inject, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

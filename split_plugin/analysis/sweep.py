@@ -1,0 +1,250 @@
+"""Multiplier sweeps: preference / utility log-odds, accuracy and held-out perplexity per m.
+
+For each batch the layers below the intervention's layer run once (`capture_prefix`); the
+layers from L upward then run once per group of k multipliers, with the batch stacked k
+times and the intervention applied with a per-row multiplier (copy j of the batch gets
+multiplier j), and the LM head runs only where a scored token is predicted. Both answers of
+a pair share one packed row, so their common prompt runs once (see packing.py). `naive=True`
+runs the plain full forward per multiplier instead (same numbers up to float rounding).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import ContrastivePair, encode_pairs, encode_texts, load_heldout_text
+from ..errors import SplitPluginError
+from ..forward import Prefix, capture_prefix, run_suffix
+from ..intervention import Intervention
+from ..layers import ArchSpec, ModelLayout, resolve_layout
+from ..objectives import sequence_logprobs
+from ..safety import frozen
+from ..version import __version__
+from .packing import ScoringBatch, pack_pairs, position_ids_for
+from .result import SweepResult
+from .stats import check_multipliers
+
+LOGITS_BUDGET = 2 ** 26  # most logits (elements) one stacked pass may hold: 256 MiB in fp32
+
+
+def _check_inputs(intervention: Intervention, pairs: Sequence[ContrastivePair], batch_size: int,
+                  max_length: int, bootstrap: int) -> list[ContrastivePair]:
+    """Validate the arguments of `sweep`, naming the fix."""
+    if not isinstance(intervention, Intervention):
+        raise SplitPluginError(f"intervention must be an Intervention, got {type(intervention).__name__}; "
+                               "load one with Intervention.from_pretrained(dir) or import_peft(dir, model)")
+    pairs = list(pairs or [])
+    if not pairs:
+        raise SplitPluginError("no pairs to sweep over; pass at least one ContrastivePair "
+                               "(e.g. load_pairs('power-seeking', split='test'))")
+    bad = [type(p).__name__ for p in pairs if not isinstance(p, ContrastivePair)]
+    if bad:
+        raise SplitPluginError(f"pairs must be ContrastivePair objects, got {bad[0]}; load them with load_pairs")
+    for name, value, low in (("batch_size", batch_size, 1), ("max_length", max_length, 2),
+                             ("bootstrap", bootstrap, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise SplitPluginError(f"{name} must be an integer >= {low}, got {value!r}")
+    return pairs
+
+
+def _heldout(heldout_text: str | bool | None) -> str | None:
+    """True -> the bundled held-out text; a string is used as is; None/False skip perplexity."""
+    if heldout_text is True:
+        return load_heldout_text()
+    if heldout_text is None or heldout_text is False:
+        return None
+    if not isinstance(heldout_text, str) or not heldout_text.strip():
+        raise SplitPluginError("heldout_text must be True, None or a non-empty string")
+    return heldout_text
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the intervention while sweeping; its own mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+class _Scorer:
+    """Log-prob sums of scored tokens at every multiplier: cached prefix, stacked, packed; or naive."""
+
+    def __init__(self, layout: ModelLayout, intervention: Intervention, multipliers: list[float],
+                 naive: bool, max_rows: int, pack: bool = True):
+        self.layout, self.intervention, self.multipliers = layout, intervention, multipliers
+        self.naive, self.max_rows = naive, max_rows
+        self.stackable = True
+        self.pack: bool | None = None if pack else False  # None: not yet checked on this model
+        parameter = next(layout.model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        config = layout.model.config
+        self.vocab = getattr(layout.lm_head, "out_features", None) or config.vocab_size
+        self.pack_limit = getattr(config, "sliding_window", None)  # packing must not meet the window
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                 pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """([M, rows] log-prob sums, [rows] scored-token counts); `pairs`: rows 2i/2i+1 share a prompt."""
+        plain = ScoringBatch.plain(input_ids.to(self.device), attention_mask.to(self.device),
+                                   labels.to(self.device))
+        if self.naive:
+            return self._naive(plain), plain.tokens.counts
+        if pairs and self.pack is not False:
+            packed = pack_pairs(plain.input_ids, plain.attention_mask, labels.to(self.device),
+                                self.dtype, max_length=self.pack_limit)
+            if packed is not None:
+                scores = self._stacked(packed)
+                if self.pack is None:
+                    self.pack = self._packing_agrees(scores, plain)
+                if self.pack:
+                    return scores, plain.tokens.counts
+        return self._stacked(plain), plain.tokens.counts
+
+    def _packing_agrees(self, packed_scores: torch.Tensor, plain: ScoringBatch) -> bool:
+        """Check once per sweep that packed rows give the unpacked log-probs at m = 0."""
+        reference = self._stacked(plain, [0.0])[0]
+        diff = float((packed_scores[self.multipliers.index(0.0)] - reference).abs().max())
+        tolerance = 1e-3 if self.dtype in (torch.float32, torch.float64) else 5e-2
+        if diff > tolerance:
+            warnings.warn(f"packing both answers of a pair into one row changes the log-probs of this "
+                          f"{self.layout.model_type} model by {diff:.2g}; scoring unpacked rows instead")
+        return diff <= tolerance
+
+    def _naive(self, batch: ScoringBatch) -> torch.Tensor:
+        """The plain thing: a full forward with full logits per multiplier."""
+        out = []
+        for m in self.multipliers:
+            with self.intervention.apply(self.layout.model, m, layout=self.layout):
+                logits = self.layout.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                           use_cache=False).logits
+            out.append(sequence_logprobs(logits[batch.rows, batch.positions], batch.tokens))
+        return torch.stack(out)
+
+    def group_size(self, rows: int, n_tokens: int) -> int:
+        """How many multipliers share one pass: at most `max_rows` rows and LOGITS_BUDGET logits."""
+        by_rows = self.max_rows // rows
+        by_logits = LOGITS_BUDGET // max(1, n_tokens * self.vocab)
+        return max(1, min(by_rows, by_logits, len(self.multipliers)))
+
+    def _prefix(self, batch: ScoringBatch) -> Prefix:
+        """Run the layers below the intervention once (with the batch's own position ids)."""
+        positions = position_ids_for(self.layout.model, batch.position_ids) \
+            if batch.position_ids is not None else contextlib.nullcontext()
+        with positions:
+            return capture_prefix(self.layout, self.intervention.layer, batch.input_ids, batch.attention_mask)
+
+    def _stacked(self, batch: ScoringBatch, multipliers: list[float] | None = None) -> torch.Tensor:
+        """Prefix once, then layers L.. for k multipliers at a time on the batch stacked k times."""
+        multipliers = self.multipliers if multipliers is None else multipliers
+        prefix = self._prefix(batch)
+        k = self.group_size(batch.batch_size, batch.rows.numel()) if self.stackable else 1
+        out = []
+        for start in range(0, len(multipliers), k):
+            group = multipliers[start:start + k]
+            try:
+                out.append(self._suffix(prefix, batch, group))
+            except SplitPluginError as exc:
+                if "per-row multiplier" not in str(exc) or len(group) == 1:
+                    raise
+                # the down projection sees flattened [rows * T, d] inputs (OPT): no per-row m
+                self.stackable = False
+                out.extend(self._suffix(prefix, batch, [m]) for m in group)
+        return torch.cat(out)
+
+    def _suffix(self, prefix: Prefix, batch: ScoringBatch, group: list[float]) -> torch.Tensor:
+        """[k, output rows] log-prob sums with the batch stacked once per multiplier in `group`."""
+        k = len(group)
+        multiplier = torch.tensor(group, dtype=torch.float32, device=self.device).repeat_interleave(
+            batch.batch_size) if k > 1 else group[0]
+        rows, positions, tokens = batch.stacked(k)
+        with self.intervention.apply(self.layout.model, multiplier, layout=self.layout):
+            logits = run_suffix(self.layout, prefix, repeat=k, rows=rows, positions=positions)
+        return sequence_logprobs(logits, tokens).view(k, batch.output_rows)
+
+
+def _score_pairs(scorer: _Scorer, tokenizer, pairs: list[ContrastivePair], batch_size: int,
+                 max_length: int, system_prompt: str | None, progress: bool):
+    """[M, 2N] log-prob sums and [2N] token counts (row 2i positive, 2i+1 negative)."""
+    scores, counts = [], []
+    starts = range(0, len(pairs), batch_size)
+    for start in tqdm(starts, desc="sweep pairs", disable=not progress, leave=False):
+        batch = encode_pairs(tokenizer, pairs[start:start + batch_size], max_length=max_length,
+                             system_prompt=system_prompt)
+        s, c = scorer(batch.input_ids, batch.attention_mask, batch.labels, pairs=True)
+        scores.append(s.double().cpu())
+        counts.append(c.cpu())
+    return torch.cat(scores, dim=1), torch.cat(counts)
+
+
+def _perplexity(scorer: _Scorer, tokenizer, text: str, batch_size: int, max_length: int,
+                progress: bool) -> tuple[list[float], int]:
+    """Per-multiplier perplexity (exp of the token-mean NLL over all windows) and the token count."""
+    ids, mask, labels = encode_texts(tokenizer, text, max_length=max_length)
+    rows = max(1, min(batch_size, LOGITS_BUDGET // (ids.shape[1] * scorer.vocab)))
+    total, n_tokens = torch.zeros(len(scorer.multipliers), dtype=torch.float64), 0
+    for start in tqdm(range(0, ids.shape[0], rows), desc="sweep held-out", disable=not progress,
+                      leave=False):
+        part = slice(start, start + rows)
+        s, c = scorer(ids[part], mask[part], labels[part])
+        total += s.double().sum(1).cpu()
+        n_tokens += int(c.sum())
+    return [math.exp(-t / n_tokens) for t in total.tolist()], n_tokens
+
+
+def _metadata(model: nn.Module, intervention: Intervention, scorer: _Scorer, n_heldout: int,
+              seconds: float) -> dict:
+    """What was swept: the intervention, the model and how."""
+    config = intervention.config
+    return {"form": config.form, "layer": config.layer, "concept": config.concept,
+            "model_type": scorer.layout.model_type, "num_layers": scorer.layout.num_layers,
+            "model_name": getattr(getattr(model, "config", None), "_name_or_path", None),
+            "naive": scorer.naive, "packed_pairs": bool(scorer.pack) and not scorer.naive,
+            "heldout_tokens": n_heldout, "seconds": round(seconds, 3),
+            "version": __version__}
+
+
+def sweep(model: nn.Module, tokenizer, intervention: Intervention, pairs: Sequence[ContrastivePair],
+          multipliers: Sequence[float], *, batch_size: int = 8, max_length: int = 256,
+          heldout_text: str | bool | None = None, system_prompt: str | None = None,
+          bootstrap: int = 1000, seed: int = 0, progress: bool = True, naive: bool = False,
+          max_rows: int = 64, pack: bool = True, layout: ArchSpec | dict | None = None) -> SweepResult:
+    """Score every pair at every multiplier (0 always included) and summarise.
+
+    Per multiplier: answer log-prob sums, PrefOdds, UtilOdds (NaN = undefined, counted),
+    accuracy, means/medians with bootstrap 95% CIs over pairs and, with `heldout_text`
+    (True = the bundled text), held-out perplexity and its increase relative to m = 0.
+    `max_rows` caps the rows of one stacked pass (batch rows x multipliers); `pack` scores both
+    answers of a pair in one row (the shared prompt runs once; checked against unpacked rows on
+    the first batch). The model is left as it was: no hooks, same train/eval mode and
+    requires_grad flags, even on errors.
+    """
+    ms = check_multipliers(multipliers)
+    pairs = _check_inputs(intervention, pairs, batch_size, max_length, bootstrap)
+    text = _heldout(heldout_text)
+    resolved = resolve_layout(model, layout)
+    scorer = _Scorer(resolved, intervention, ms, naive, max_rows, pack)
+    started = time.perf_counter()
+    with frozen(model), _eval_mode(intervention), torch.no_grad():
+        logp, counts = _score_pairs(scorer, tokenizer, pairs, batch_size, max_length,
+                                    system_prompt, progress)
+        ppl, n_heldout = _perplexity(scorer, tokenizer, text, batch_size, max_length, progress) \
+            if text else (None, 0)
+    meta = _metadata(model, intervention, scorer, n_heldout, time.perf_counter() - started)
+    return SweepResult.from_logprobs(ms, logp[:, 0::2].numpy(), logp[:, 1::2].numpy(),
+                                     counts[0::2].numpy(), counts[1::2].numpy(), perplexity=ppl,
+                                     metadata=meta, bootstrap=bootstrap, seed=seed)
+
+
+def raw_logprobs(result: SweepResult) -> np.ndarray:
+    """[M, N, 2] answer log-prob sums (positive, negative) of a sweep, e.g. to compare two runs."""
+    return np.stack([result.per_pair("logp_pos"), result.per_pair("logp_neg")], axis=-1)
