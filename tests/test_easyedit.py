@@ -538,6 +538,38 @@ def test_tolerant_import_stubs_only_multimodal_failures(tmp_path, monkeypatch):
         STUBBED.pop("fakehost_pkg.vision", None)
 
 
+def test_tolerant_import_stubs_other_methods_that_fail(tmp_path, monkeypatch):
+    """The git host's UnKE imports a module transformers 5 lacks, DeepEdit-API an API client:
+    only those methods are lost; a failure outside the method modules stays an error."""
+    from split_plugin.easyedit._host import STUBBED, _TolerantFinder, tolerant_import
+
+    pkg = tmp_path / "fakehost2_pkg"
+    (pkg / "models" / "unke").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from . import models\n")
+    (pkg / "models" / "__init__.py").write_text("from .unke import *\nfrom . import api\n")
+    (pkg / "models" / "unke" / "__init__.py").write_text("from .unke_main import apply_unke\n")
+    (pkg / "models" / "unke" / "unke_main.py").write_text("from json.no_such_module_xyz import Mask\n")
+    (pkg / "models" / "api.py").write_text("from not_installed_api_client_xyz import Client\n")
+    (pkg / "evaluate.py").write_text("import not_installed_metric_pkg_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    finder = _TolerantFinder(prefix="fakehost2_pkg.", packages=frozenset(), modules=(),
+                             methods=("fakehost2_pkg.models.",))
+    try:
+        with tolerant_import(finder):
+            import fakehost2_pkg
+            assert set(finder.skipped) == {"fakehost2_pkg.models.unke.unke_main", "fakehost2_pkg.models.api"}
+            assert "json.no_such_module_xyz" in finder.skipped["fakehost2_pkg.models.unke.unke_main"]
+            with pytest.raises(ModuleNotFoundError, match="apply_unke is unavailable: importing it failed here"):
+                fakehost2_pkg.models.apply_unke()
+            with pytest.raises(ModuleNotFoundError, match="not_installed_metric_pkg_xyz"):
+                import fakehost2_pkg.evaluate  # noqa: F401  (not another method's code: a real error)
+    finally:
+        for name in [n for n in sys.modules if n.startswith("fakehost2_pkg")]:
+            del sys.modules[name]
+        for name in [n for n in STUBBED if n.startswith("fakehost2_pkg")]:
+            del STUBBED[name]
+
+
 # -- the embedded model -----------------------------------------------------------------------------------
 @needs_host
 @pytest.mark.slow

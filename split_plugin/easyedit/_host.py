@@ -4,8 +4,10 @@
   the multimodal code; the multimodal submodules need timm / torchvision / opencv / av /
   qwen_vl_utils, which may be missing (no build matches a CPU-only modern torch). Only while
   our import runs, and only for modules inside `easyeditor.`, a module whose import fails on
-  one of those packages is kept as a stub whose names raise a clear error when used. Every
-  other missing package is an error naming the pip install.
+  one of those packages is kept as a stub whose names raise a clear error when used. So is a
+  module of another editing method (`easyeditor.models.*`) that fails to import for any reason
+  (a missing API client, a transformers release without a module it imports), with a warning
+  naming it. Every other missing package is an error naming the pip install.
 - `detect_host()` tells the PyPI wheel (`edit(..., keep_original_weight=...)`, restores by
   writing `weights_copy.items()` back) from the git version (`edit(..., target_neg=...,
   sequential_edit=...)`, restores `CALLABLE_RESTORE_ALGS` by calling `weights_copy()`).
@@ -16,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.abc
+import importlib.util
 import inspect
 import sys
 import types
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -31,11 +35,17 @@ from ..errors import SplitPluginError
 MULTIMODAL_ONLY = frozenset({"timm", "torchvision", "cv2", "av", "qwen_vl_utils", "decord", "iopath"})
 #: the host's multimodal subpackages: any missing package is tolerated inside them
 MULTIMODAL_MODULES = ("easyeditor.trainer.blip2_models.", "easyeditor.dataset.processor.")
+#: other editing methods' implementations: SPLIT needs none of them, so any import failure inside
+#: one (the git version's DeepEdit-API needs `zhipuai`; its UnKE imports
+#: `transformers.modeling_attn_mask_utils`, gone from transformers 5.x) leaves that method
+#: unusable, with a warning, instead of making easyeditor unimportable
+METHOD_MODULES = ("easyeditor.models.",)
 #: modules found missing (and stubbed) by the last import, for the record
 STUBBED: dict[str, str] = {}
 
 INSTALL_HINT = ("install the host's runtime dependencies with "
-                "`pip install --no-deps easyeditor==0.0.1.dev0 && pip install -r requirements-easyedit.txt`")
+                "`pip install --no-deps easyeditor==0.0.1.dev0 && pip install -r requirements-easyedit.txt` "
+                "(PyPI wheel) or `pip install -r requirements.txt` in the EasyEdit checkout (git version)")
 
 
 # -- importing ------------------------------------------------------------------------------------
@@ -48,8 +58,9 @@ def _missing_root(exc: BaseException) -> str | None:
     return name.split(".")[0] if name else None
 
 
-def _placeholder(module_name: str, attr: str, missing: str) -> type:
-    message = (f"{module_name}.{attr} is unavailable: it needs the optional package {missing!r} "
+def _placeholder(module_name: str, attr: str, missing: str, reason: str | None = None) -> type:
+    message = (f"{module_name}.{attr} is unavailable: " + reason if reason else
+               f"{module_name}.{attr} is unavailable: it needs the optional package {missing!r} "
                "(EasyEdit's multimodal code), which is not installed")
 
     class _Missing:
@@ -63,14 +74,14 @@ def _placeholder(module_name: str, attr: str, missing: str) -> type:
     return _Missing
 
 
-def _make_stub(module: types.ModuleType, missing: str) -> None:
+def _make_stub(module: types.ModuleType, missing: str, reason: str | None = None) -> None:
     """Keep what the module defined before it failed; any other name becomes a placeholder."""
     name = module.__name__
 
     def __getattr__(attr: str):
         if attr.startswith("__"):
             raise AttributeError(attr)
-        return _placeholder(name, attr, missing)
+        return _placeholder(name, attr, missing, reason)
 
     module.__getattr__ = __getattr__
     module.__split_plugin_stub__ = missing
@@ -80,8 +91,10 @@ def _make_stub(module: types.ModuleType, missing: str) -> None:
 class _TolerantLoader(importlib.abc.Loader):
     """Wraps a loader of an `easyeditor.*` module; multimodal-only import failures make a stub."""
 
-    def __init__(self, loader, packages: frozenset[str], modules: tuple[str, ...]):
+    def __init__(self, loader, packages: frozenset[str], modules: tuple[str, ...],
+                 methods: tuple[str, ...] = (), skipped: dict[str, str] | None = None):
         self._loader, self._packages, self._modules = loader, packages, modules
+        self._methods, self._skipped = methods, skipped if skipped is not None else {}
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
@@ -92,9 +105,15 @@ class _TolerantLoader(importlib.abc.Loader):
         except ImportError as exc:
             missing = _missing_root(exc)
             in_multimodal = (module.__name__ + ".").startswith(self._modules)
-            if missing is None or not (missing in self._packages or in_multimodal):
+            if missing is not None and (missing in self._packages or in_multimodal):
+                _make_stub(module, missing)
+                return
+            if not (module.__name__ + ".").startswith(self._methods):
                 raise
-            _make_stub(module, missing)
+            # another editing method's code does not import here: only that method is lost
+            reason = f"importing it failed here ({type(exc).__name__}: {exc})"
+            _make_stub(module, missing or "?", reason)
+            self._skipped[module.__name__] = str(exc)
 
     def __getattr__(self, name):  # get_source, get_resource_reader, ...
         return getattr(self._loader, name)
@@ -104,8 +123,10 @@ class _TolerantFinder(importlib.abc.MetaPathFinder):
     """Hands out tolerant loaders for the modules of one package while it is imported."""
 
     def __init__(self, prefix: str = "easyeditor.", packages: frozenset[str] = MULTIMODAL_ONLY,
-                 modules: tuple[str, ...] = MULTIMODAL_MODULES):
-        self.prefix, self.packages, self.modules = prefix, packages, modules
+                 modules: tuple[str, ...] = MULTIMODAL_MODULES, methods: tuple[str, ...] = METHOD_MODULES):
+        self.prefix, self.packages, self.modules, self.methods = prefix, packages, modules, methods
+        #: method modules stubbed because they failed to import: name -> the error
+        self.skipped: dict[str, str] = {}
 
     def find_spec(self, fullname, path, target=None):
         if not fullname.startswith(self.prefix):
@@ -119,7 +140,7 @@ class _TolerantFinder(importlib.abc.MetaPathFinder):
         else:
             return None
         if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _TolerantLoader(spec.loader, self.packages, self.modules)
+            spec.loader = _TolerantLoader(spec.loader, self.packages, self.modules, self.methods, self.skipped)
         return spec
 
 
@@ -135,17 +156,24 @@ def tolerant_import(finder: _TolerantFinder | None = None) -> Iterator[_Tolerant
 
 
 def import_easyeditor() -> types.ModuleType:
-    """Import the host package (tolerating missing multimodal-only packages)."""
+    """Import the host package (tolerating missing multimodal-only packages and other methods' failures)."""
     module = sys.modules.get("easyeditor")
     if module is not None and hasattr(module, "BaseEditor"):
         return module
     try:
-        with tolerant_import():
-            return importlib.import_module("easyeditor")
+        with tolerant_import() as finder:
+            module = importlib.import_module("easyeditor")
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] == "easyeditor":
+        root = exc.name.split(".")[0] if exc.name else None
+        if root == "easyeditor":
             raise SplitPluginError(
                 "EasyEdit (the `easyeditor` package) is not installed; " + INSTALL_HINT) from exc
+        if root and root != exc.name and importlib.util.find_spec(root) is not None:
+            version = getattr(sys.modules.get(root), "__version__", "")
+            raise SplitPluginError(
+                f"importing easyeditor failed: it imports {exc.name!r}, which the installed {root} "
+                f"{version} does not have (this easyeditor expects another {root} version); "
+                + INSTALL_HINT) from exc
         raise SplitPluginError(
             f"importing easyeditor failed: it needs the package {exc.name!r}, which is not installed; "
             + INSTALL_HINT) from exc
@@ -153,6 +181,11 @@ def import_easyeditor() -> types.ModuleType:
         raise SplitPluginError(
             f"importing easyeditor failed: {exc}. The installed packages do not match what this "
             "easyeditor imports; " + INSTALL_HINT) from exc
+    if finder.skipped:
+        lines = "; ".join(f"{name}: {error}" for name, error in sorted(finder.skipped.items()))
+        warnings.warn(f"easyeditor imported without these modules of other editing methods (those "
+                      f"methods are unusable here; SPLIT is unaffected): {lines}", UserWarning, stacklevel=2)
+    return module
 
 
 # -- the host's modules and version ------------------------------------------------------------------
