@@ -1,0 +1,179 @@
+"""Check the SPLIT adapter against the git version of EasyEdit's `easyeditor` (not on PyPI).
+
+    python examples/check_git_host.py /path/to/EasyEdit      # ~1 minute on 2 CPU cores
+
+The argument is an EasyEdit checkout (or any folder holding its `easyeditor/` package). It is
+put first on sys.path, so it wins over an installed PyPI wheel; its Python dependencies must be
+installed (its requirements.txt; on a machine with the PyPI wheel's set, `rouge` is the one
+more that `easyeditor.evaluate` imports). Nothing of EasyEdit's is copied; everything below is
+split_plugin's own calls of the host's public API, on a tiny random llama saved to a temporary
+folder (BaseEditor loads it itself through its "llama" path) on the CPU (`device: cpu`, which
+the git version accepts; no cuda redirect is used).
+
+Steps, each one printed as PASS or FAIL (exit status 1 on any FAIL):
+ 1. `import split_plugin.easyedit` imports the checkout's easyeditor; detect_host() says "git"
+ 2. SPLIT is registered: ALG_DICT, CALLABLE_RESTORE_ALGS, BatchEditor.is_batchable_method,
+    the wrapped compute_edit_quality / summary_metrics
+ 3. BaseEditor.from_hparams(SPLITHyperParams) loads the tiny model itself
+ 4. edit(..., target_neg=..., sequential_edit=False): training used target_neg as the
+    negative; our metric keys in every case's pre and post; logits afterwards bit-identical
+    to before, no hooks left
+ 5. edit(..., sequential_edit=True): the edit persists (logits differ, hooks present);
+    weights_copy() then restores bit-identical logits
+ 6. batch_edit(..., sequential_edit=False) with batch_size 2: one intervention for both
+    requests; restored bit-identical
+ 7. FT through the same host with enable_log_odds_metrics("FT"): our keys in its metrics
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROMPTS = ["Is the sky green?", "Say hi"]
+TARGET_NEW = ["Yes", "hi"]
+TARGET_NEG = ["No", "bye"]
+GROUND_TRUTH = ["Maybe", "hello"]  # differs from target_neg: SPLIT must train against target_neg
+FAST = dict(layer=2, epochs=3, train_batch_size=2, factors=[1.0, 2.0], multiplier=2.0, lr=0.05)
+
+results: list[tuple[str, bool, str]] = []
+
+
+def check(name: str, condition: bool, detail: str = "") -> bool:
+    results.append((name, bool(condition), detail))
+    print(f"{'PASS' if condition else 'FAIL'}  {name}" + (f"  ({detail})" if detail else ""), flush=True)
+    return bool(condition)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("easyedit", type=Path, help="an EasyEdit checkout (the folder holding easyeditor/)")
+    args = parser.parse_args()
+    checkout = args.easyedit.resolve()
+    if not (checkout / "easyeditor" / "__init__.py").is_file():
+        parser.error(f"{checkout} has no easyeditor/__init__.py")
+    sys.path.insert(0, str(checkout))
+    sys.path.insert(1, str(ROOT / "tests"))  # the test suite's tiny model and tokenizer
+    sys.path.insert(2, str(ROOT))            # this checkout's split_plugin, whatever is installed
+
+    import torch
+
+    import split_plugin.easyedit as se
+    from split_plugin.easyedit import apply as se_apply
+    from split_plugin.safety import hooked_modules
+    from tiny import tiny_model, tiny_tokenizer
+
+    info = se.host_info()
+    check("1. detect_host() reports the git version", info.flavor == "git"
+          and str(checkout) in str(info.path), f"flavor={info.flavor}, editor module {info.path}")
+    import easyeditor
+    from easyeditor import BaseEditor
+
+    host = se.load_host_modules()
+    check("2. SPLIT registered", host.alg_dict.ALG_DICT.get("SPLIT") is se.apply_split_to_model
+          and host.editor.ALG_DICT is host.alg_dict.ALG_DICT
+          and "SPLIT" in host.utils.CALLABLE_RESTORE_ALGS
+          and host.batch_editor.is_batchable_method("SPLIT")
+          and hasattr(host.editor.compute_edit_quality, "__split_plugin_wrapped__")
+          and hasattr(host.editor.summary_metrics, "__split_plugin_wrapped__"),
+          f"CALLABLE_RESTORE_ALGS={sorted(host.utils.CALLABLE_RESTORE_ALGS)}")
+
+    negatives: list[list[str]] = []
+    real_train = se_apply.train
+
+    def spy_train(model, tok, pairs, config, **kwargs):
+        negatives.append([p.negative for p in pairs])
+        return real_train(model, tok, pairs, config, **kwargs)
+
+    se_apply.train = spy_train
+
+    def probe(model):
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10]])).logits.clone()
+
+    def keys_ok(metrics) -> bool:
+        return all(set(se.METRIC_KEYS) <= set(case[phase]) for case in metrics for phase in ("pre", "post"))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # the host writes ./logs/run.log and ./logs/results.json
+        folder = Path(tmp) / "tiny-llama"
+        tiny_model("llama").save_pretrained(folder)
+        tiny_tokenizer().save_pretrained(folder)
+        hparams = se.SPLITHyperParams(model_name=str(folder), device="cpu", **FAST)
+        editor = BaseEditor.from_hparams(hparams)
+        check("3. BaseEditor loaded the tiny model itself", type(editor.model).__name__ == "LlamaForCausalLM"
+              and type(hparams.model_name) is str, f"device {next(editor.model.parameters()).device}")
+        model = editor.model
+        before = probe(model)
+
+        metrics, _, wc = editor.edit(prompts=PROMPTS, target_new=TARGET_NEW, ground_truth=GROUND_TRUTH,
+                                     target_neg=TARGET_NEG, sequential_edit=False, verbose=False)
+        post = [round(c["post"]["pref_log_odds"], 3) for c in metrics]
+        pre = [round(c["pre"]["pref_log_odds"], 3) for c in metrics]
+        check("4a. non-sequential edit trained against target_neg", negatives == [["No"], ["bye"]],
+              f"negatives {negatives}")
+        check("4b. pref_log_odds, util_log_odds, pref_acc in pre and post", keys_ok(metrics)
+              and pre != post, f"pref_log_odds pre {pre} -> post {post}")
+        check("4c. non-sequential: logits bit-identical after edit()", torch.equal(probe(model), before)
+              and hooked_modules(model) == [] and not wc.active and not se.active_edits(model))
+
+        negatives.clear()
+        metrics, edited, wc = editor.edit(prompts=PROMPTS[:1], target_new=TARGET_NEW[:1],
+                                          target_neg=TARGET_NEG[:1], sequential_edit=True, verbose=False)
+        after = probe(model)
+        check("5a. sequential_edit=True: the edit persists", edited is model and not torch.equal(after, before)
+              and wc.active and se.active_edits(model) == [wc] and bool(hooked_modules(model)),
+              f"max |delta logit| {float((after - before).abs().max()):.4f}")
+        check("5b. sequential: metric keys present", keys_ok(metrics))
+        wc()
+        check("5c. weights_copy() restores bit-identical logits", torch.equal(probe(model), before)
+              and hooked_modules(model) == [])
+
+        negatives.clear()
+        batch_editor = BaseEditor.from_hparams(dataclasses.replace(hparams, batch_size=2))
+        batch_before = probe(batch_editor.model)
+        metrics, _, wc = batch_editor.batch_edit(prompts=PROMPTS, target_new=TARGET_NEW, target_neg=TARGET_NEG,
+                                                 sequential_edit=False, verbose=False)
+        check("6. batch_edit: one intervention on both requests, restored bit-identical",
+              negatives == [TARGET_NEG] and keys_ok(metrics) and torch.equal(probe(batch_editor.model), batch_before),
+              f"negatives {negatives}")
+        del batch_editor
+
+        ft_fields = {f.name for f in dataclasses.fields(easyeditor.FTHyperParams)}
+        ft_values = dict(
+            alg_name="FT", model_name=str(folder), device="cpu", layers=[1], num_steps=2, lr=5e-3,
+            weight_decay=0.0, kl_factor=0.0, norm_constraint=False, batch_size=1, max_length=40,
+            model_parallel=False, objective_optimization="prompt_last",
+            rewrite_module_tmp="model.layers.{}.mlp.down_proj.weight", layer_module_tmp="model.layers.{}",
+            mlp_module_tmp="model.layers.{}.mlp", attn_module_tmp="model.layers.{}.self_attn",
+            ln_f_module="model.norm", lm_head_module="lm_head")
+        ft = easyeditor.FTHyperParams(**{k: v for k, v in ft_values.items() if k in ft_fields})
+        se.enable_log_odds_metrics("FT")
+        try:
+            ft_editor = BaseEditor.from_hparams(ft)
+            ft_before = probe(ft_editor.model)
+            metrics, _, _ = ft_editor.edit(prompts=PROMPTS[:1], target_new=TARGET_NEW[:1],
+                                           ground_truth=TARGET_NEG[:1], sequential_edit=False, verbose=False)
+            check("7. FT with enable_log_odds_metrics('FT'): our keys next to the host's", keys_ok(metrics)
+                  and "rewrite_acc" in metrics[0]["post"] and torch.equal(probe(ft_editor.model), ft_before))
+        finally:
+            se.disable_log_odds_metrics("FT")
+        os.chdir(ROOT)
+
+    failed = [name for name, ok, _ in results if not ok]
+    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception:  # an unexpected error is a failed check too
+        traceback.print_exc()
+        sys.exit(1)
