@@ -1,6 +1,6 @@
 """Check the SPLIT adapter against the git version of EasyEdit's `easyeditor` (not on PyPI).
 
-    python examples/check_git_host.py /path/to/EasyEdit      # ~1 minute on 2 CPU cores
+    python examples/check_git_host.py /path/to/EasyEdit      # under a minute on 2 CPU cores
 
 The argument is an EasyEdit checkout (or any folder holding its `easyeditor/` package). It is
 put first on sys.path, so it wins over an installed PyPI wheel; its Python dependencies must be
@@ -22,12 +22,15 @@ Steps, each one printed as PASS or FAIL (exit status 1 on any FAIL):
     weights_copy() then restores bit-identical logits
  6. batch_edit(..., sequential_edit=False) with batch_size 2: one intervention for both
     requests; restored bit-identical
- 7. FT through the same host with enable_log_odds_metrics("FT"): our keys in its metrics
+ 7. FT through the same host with enable_log_odds_metrics("FT"): our keys in its metrics,
+    the model restored by the host
+ 8. the same for LoRA (restored by the host's peft unload())
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 import tempfile
@@ -54,6 +57,7 @@ def check(name: str, condition: bool, detail: str = "") -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("easyedit", type=Path, help="an EasyEdit checkout (the folder holding easyeditor/)")
+    parser.add_argument("--verbose", action="store_true", help="keep the host's INFO logging")
     args = parser.parse_args()
     checkout = args.easyedit.resolve()
     if not (checkout / "easyeditor" / "__init__.py").is_file():
@@ -74,6 +78,9 @@ def main() -> int:
           and str(checkout) in str(info.path), f"flavor={info.flavor}, editor module {info.path}")
     import easyeditor
     from easyeditor import BaseEditor
+
+    if not args.verbose:
+        logging.getLogger("easyeditor").setLevel(logging.WARNING)
 
     host = se.load_host_modules()
     check("2. SPLIT registered", host.alg_dict.ALG_DICT.get("SPLIT") is se.apply_split_to_model
@@ -164,6 +171,21 @@ def main() -> int:
                   and "rewrite_acc" in metrics[0]["post"] and torch.equal(probe(ft_editor.model), ft_before))
         finally:
             se.disable_log_odds_metrics("FT")
+
+        lora = easyeditor.LoRAHyperParams(
+            alg_name="LoRA", model_name=str(folder), device="cpu", lora_type="lora", layers=[1], num_steps=2,
+            lr=5e-3, weight_decay=0.0, kl_factor=0.0, norm_constraint=False, target_modules=["q_proj", "v_proj"],
+            rank=4, lora_alpha=8, lora_dropout=0.0, batch_size=1)
+        se.enable_log_odds_metrics("LoRA")
+        try:
+            lora_editor = BaseEditor.from_hparams(lora)
+            lora_before = probe(lora_editor.model)
+            metrics, _, _ = lora_editor.edit(prompts=PROMPTS[:1], target_new=TARGET_NEW[:1],
+                                             ground_truth=TARGET_NEG[:1], sequential_edit=False, verbose=False)
+            check("8. LoRA with enable_log_odds_metrics('LoRA'): our keys next to the host's", keys_ok(metrics)
+                  and "rewrite_acc" in metrics[0]["post"] and torch.equal(probe(lora_editor.model), lora_before))
+        finally:
+            se.disable_log_odds_metrics("LoRA")
         os.chdir(ROOT)
 
     failed = [name for name, ok, _ in results if not ok]
