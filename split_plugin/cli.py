@@ -17,6 +17,7 @@ def _load_model(name: str):
 def _train(args: argparse.Namespace) -> None:
     from .config import TrainConfig
     from .data import load_pairs
+    from .distributed import is_main_process, place_model
     from .fileio import check_replaceable
     from .serialization import CONFIG_NAME, WEIGHTS_NAME
     from .trainer import train
@@ -27,12 +28,16 @@ def _train(args: argparse.Namespace) -> None:
                  if v is not None}
     if overrides:
         config = TrainConfig.from_dict({**config.to_dict(), **overrides}, source=args.hparams)
+    # under `accelerate launch` / `torchrun` every process trains on its share of each batch
+    # (cuda: the GPU of its LOCAL_RANK) and rank 0 alone saves
     model, tokenizer = _load_model(args.model)
+    place_model(model, config.device)
     pairs = load_pairs(args.data, split=args.split, limit=args.limit)
     intervention = train(model, tokenizer, pairs, config, resume=args.resume)
-    intervention.save_pretrained(args.out)
-    print(f"saved {intervention.form} intervention ({intervention.num_parameters()} parameters) "
-          f"at layer {intervention.layer} to {args.out}")
+    if is_main_process():
+        intervention.save_pretrained(args.out)
+        print(f"saved {intervention.form} intervention ({intervention.num_parameters()} parameters) "
+              f"at layer {intervention.layer} to {args.out}")
 
 
 def _generate(args: argparse.Namespace) -> None:

@@ -19,7 +19,11 @@ VECTOR_FACTORS = [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0]
 
 @dataclass
 class TrainConfig:
-    """How to train one intervention. Defaults follow the reference's vector-form settings."""
+    """How to train one intervention. Defaults follow the reference's vector-form settings.
+
+    `batch_size` counts the pairs of one step over all processes (the global batch), so a
+    data-parallel run trains the same intervention as one process with the same settings.
+    """
 
     layer: int
     method: str = "split"
@@ -30,6 +34,9 @@ class TrainConfig:
     # optimisation
     lr: float = 0.08
     epochs: int = 2
+    # pairs per batch in all: the GLOBAL batch. Under data-parallel training (accelerate launch,
+    # torchrun) each of W processes scores about batch_size / W of them, and the update equals
+    # the one-process update on the whole batch.
     batch_size: int = 4
     grad_accum: int = 1
     weight_decay: float = 0.0

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import TrainConfig
 from .data import ContrastivePair, PairBatch, encode_pairs, encode_texts, load_heldout_text, read_text
 from .errors import SplitPluginError
@@ -176,6 +177,7 @@ class _PrefixStore:
 class _Trainer:
     def __init__(self, model, tokenizer, pairs, config: TrainConfig, layout: ModelLayout):
         self.model, self.tokenizer, self.config, self.layout = model, tokenizer, config, layout
+        self.dp = distributed.setup(next(model.parameters()).device, config)  # rank 0 of 1 unless launched
         self.intervention = Intervention.for_model(
             model, config.form, config.layer, rank=config.rank, alpha=config.alpha,
             dropout=config.dropout, concept=pairs[0].concept).to(next(model.parameters()).device)
@@ -206,9 +208,20 @@ class _Trainer:
 
     # -- data and caches -----------------------------------------------------------------
     def batch(self, key: int) -> PairBatch:
+        """This process's slice of global batch `key`, tokenized (the whole batch in one process)."""
         if key not in self.encoded:
-            self.encoded[key] = _encode(self.tokenizer, self.batches[key], self.config, self.model)
+            pairs = self.batches[key][self.dp.shard(len(self.batches[key]))]
+            self.encoded[key] = _encode(self.tokenizer, pairs, self.config, self.model)
         return self.encoded[key]
+
+    def share(self, key: int) -> float:
+        """The fraction of global batch `key` this process scores (1 in one process, 0 for none)."""
+        return self.dp.share(len(self.batches[key]))
+
+    def same_draws(self, key: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+        """For a batch this process holds none of: the draws step_loss makes, a zero loss."""
+        torch.randint(len(self.config.factors), (len(self.batches[key]),), generator=generator)
+        return torch.zeros(()), 0.0
 
     def prefix(self, key: int) -> Prefix:
         if not self.config.prefix_cache:
@@ -261,7 +274,8 @@ class _Trainer:
         c, enc = self.config, self.batch(key)
         n = enc.input_ids.shape[0] // 2
         factors = torch.tensor(c.factors)
-        strength = factors[torch.randint(len(factors), (n,), generator=generator)]
+        size = len(self.batches[key])  # all processes draw for the global batch, then take their slice
+        strength = factors[torch.randint(len(factors), (size,), generator=generator)][self.dp.shard(size)]
         pair_rows = torch.arange(n)
         plan = [(b, 2 * pair_rows + int(b.negative), strength * (-1.0 if b.sub else 1.0))
                 for b in self.blocks]
@@ -345,10 +359,12 @@ class _Trainer:
                 raise SplitPluginError(f"the checkpoint is at step {start}, past the {total} steps of "
                                        "this run; resume with the same data and config")
         for key in range(len(self.batches)):
-            self.batch(key)  # tokenize everything first: a bad pair fails before any step
+            if self.share(key):
+                self.batch(key)  # tokenize everything first: a bad pair fails before any step
         self.intervention.train()
         bar = tqdm(total=total, initial=start, desc=f"{c.method}/{c.form} L{c.layer}",
-                   disable=not c.progress, dynamic_ncols=True)
+                   disable=not c.progress or not self.dp.is_main, dynamic_ncols=True)
+        saves = c.checkpoint_dir if self.dp.is_main else None  # only rank 0 writes files
         last_finite, margins = None, []
         step = start
         try:
@@ -362,13 +378,16 @@ class _Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 loss_value, margin = 0.0, []
                 for key in keys:
-                    loss, m = self.step_loss(key, gen)
+                    share = self.share(key)  # weights this process's part of the global batch
+                    loss, m = self.step_loss(key, gen) if share else self.same_draws(key, gen)
                     if c.kl_weight > 0:
                         s = float(c.factors[int(torch.randint(len(c.factors), (1,), generator=gen))])
                         loss = loss + c.kl_weight * self.kl_loss(step, s)
-                    (loss / len(keys)).backward()
-                    loss_value += loss.item() / len(keys)
-                    margin.append(m)
+                    if share:
+                        (loss * share / len(keys)).backward()
+                    loss_value += loss.item() * share / len(keys)
+                    margin.append(m * share)
+                loss_value, *margin = self.dp.sync(params, [loss_value, *margin])  # sums over processes
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
                 if not math.isfinite(loss_value) or not torch.isfinite(grad_norm):
                     what = "loss" if not math.isfinite(loss_value) else "gradient norm"
@@ -388,10 +407,10 @@ class _Trainer:
                 bar.set_postfix(loss=f"{loss_value:.3f}",
                                 margin=f"{sum(recent) / len(recent):.3f}" if recent else "n/a")
                 bar.update(1)
-                if c.checkpoint_dir and c.checkpoint_every and step % c.checkpoint_every == 0:
+                if saves and c.checkpoint_every and step % c.checkpoint_every == 0:
                     save_checkpoint(c.checkpoint_dir, self.intervention, optimizer, scheduler, c, step, log)
         except KeyboardInterrupt:
-            if c.checkpoint_dir:
+            if saves:
                 save_checkpoint(c.checkpoint_dir, self.intervention, optimizer, scheduler, c, step, log)
                 bar.write(f"interrupted: checkpoint at step {step} saved in {c.checkpoint_dir}; "
                           "pass resume= to continue")
@@ -402,7 +421,7 @@ class _Trainer:
             self.intervention.eval()
             if history is not None:
                 history.extend(log)
-        if c.checkpoint_dir:
+        if saves:
             save_checkpoint(c.checkpoint_dir, self.intervention, optimizer, scheduler, c, step, log)
         for p in params:
             p.requires_grad_(False)
