@@ -3,7 +3,7 @@ log-odds metrics, and version detection against small fakes of the two host vers
 
 The installed host is the PyPI wheel in CI (its code hard-codes cuda devices, so edits run
 inside `cpu_fallback()`); the git version's differences are exercised through fakes here and
-checked for real by a manual script outside the repository.
+checked for real by examples/check_git_host.py against an EasyEdit checkout (docs/EASYEDIT.md).
 """
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ MULTIMODAL_ONLY = frozenset({"timm", "torchvision", "cv2", "av", "qwen_vl_utils"
 MULTIMODAL_MODULES = ("easyeditor.trainer.blip2_models.", "easyeditor.dataset.processor.")
 #: other editing methods' implementations: SPLIT needs none of them, so any import failure inside
 #: one (the git version's DeepEdit-API needs `zhipuai`; its UnKE imports
-#: `transformers.modeling_attn_mask_utils`, gone from transformers 5.x) leaves that method
+#: `transformers.modeling_attn_mask_utils`, which transformers 5.24 lacks) leaves that method
 #: unusable, with a warning, instead of making easyeditor unimportable
 METHOD_MODULES = ("easyeditor.models.",)
 #: modules found missing (and stubbed) by the last import, for the record
