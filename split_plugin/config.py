@@ -57,7 +57,7 @@ class TrainConfig:
     reps_gamma: float = 1.0
     # utility-preserving option: KL(unsteered || steered) on generic text at the drawn multiplier
     kl_weight: float = 0.0
-    kl_text: str | None = None
+    kl_text: str | None = None  # None: the "fit" half of the bundled prose, never the half that measures perplexity
     # data
     max_length: int = 256
     system_prompt: str | None = None

@@ -343,9 +343,26 @@ def load_pairs(name_or_path: str | Path, split: str = "train", format: str | Non
     return pairs
 
 
-def load_heldout_text() -> str:
-    """The bundled held-out English prose (written for this project), for perplexity."""
-    return _read_text(DATASETS_DIR / "heldout.txt")
+HELDOUT_PARTS = ("eval", "fit", "all")
+
+
+def load_heldout_text(part: str = "eval") -> str:
+    """The bundled English prose (written for this project) for perplexity and the KL option.
+
+    The paragraphs split in two halves so that a utility term never trains on the text that
+    measures utility: "eval" (the first half: held-out perplexity), "fit" (the second half:
+    the default text of `kl_weight`), or "all".
+    """
+    if part not in HELDOUT_PARTS:
+        raise SplitPluginError(f"part must be one of {HELDOUT_PARTS}, got {part!r}")
+    text = _read_text(DATASETS_DIR / "heldout.txt")
+    if part == "all":
+        return text
+    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    counts = [len(p.split()) for p in paragraphs]
+    half = next(i for i in range(len(counts)) if sum(counts[:i + 1]) >= sum(counts) / 2) + 1
+    chosen = paragraphs[:half] if part == "eval" else paragraphs[half:]
+    return "\n\n".join(chosen)
 
 
 # --------------------------------------------------------------------------- templating

@@ -24,9 +24,10 @@ from .models import load_default_model
 from .strength import edit_ratio, matched_multipliers
 from .trainer import train
 
-STRENGTHS = (-0.25, 0.0, 0.1, 0.25, 0.5)  # |m * delta| / median |h| at the layer
-TABLE_STRENGTHS = (0.0, 0.1, 0.25, 0.5)
-HELDOUT_WORDS = 900  # enough held-out prose for a stable perplexity, small enough for 2 cores
+STRENGTHS = (-0.25, 0.0, 0.05, 0.1, 0.25, 0.5)  # |m * delta| / median |h| at the layer
+TABLE_STRENGTHS = (0.0, 0.05, 0.1, 0.25, 0.5)
+HELDOUT_WORDS = 400  # ~550 tokens of held-out prose: a stable perplexity that 2 cores sweep quickly
+TRAIN_PAIRS = 128    # of the 216 bundled training pairs: keeps the demo under 10 minutes on 2 cores
 GENERATION_PROMPTS = 3
 
 
@@ -117,7 +118,7 @@ def run_demo(out_dir: str | Path = "reports/demo", concept: str = "power-seeking
     start = time.perf_counter()
     form_list = [f.strip() for f in forms.split(",") if f.strip()]
     model, tokenizer = load_default_model()
-    train_pairs = load_pairs(concept, split="train", limit=48 if quick else None)
+    train_pairs = load_pairs(concept, split="train", limit=48 if quick else TRAIN_PAIRS)
     test_pairs = load_pairs(concept, split="test", limit=24 if quick else None)
     text = " ".join(load_heldout_text().split()[:HELDOUT_WORDS])
     runs = _train_all(model, tokenizer, train_pairs, form_list, quick, text)

@@ -336,7 +336,7 @@ class _Trainer:
     @torch.no_grad()
     def _prepare_kl(self) -> None:
         text = self.config.kl_text
-        text = load_heldout_text() if text in (None, "heldout") else read_text(text)
+        text = load_heldout_text("fit") if text in (None, "heldout") else read_text(text)
         ids, mask, _ = encode_texts(self.tokenizer, [text], max_length=min(self.config.max_length, 128))
         device = next(self.model.parameters()).device
         for row in range(min(4, ids.shape[0])):

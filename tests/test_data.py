@@ -280,7 +280,7 @@ def test_no_duplicates_or_near_duplicates(name):
 
 
 def test_heldout_text():
-    text = load_heldout_text()
+    text = load_heldout_text("all")
     assert 2500 <= len(text.split()) <= 3500
     assert not re.search(r"^\s*([-*•]|\d+\.)\s", text, flags=re.M)  # prose, no lists
 
@@ -447,3 +447,14 @@ def test_real_tokenizer_answer_tokens():
     assert tok.decode(prompt).endswith("<|im_start|>assistant\n")
     start = tok.convert_tokens_to_ids("<|im_start|>")
     assert prompt[0] == start and prompt[1] != start  # the template's own BOS, not doubled
+
+
+def test_heldout_halves_do_not_overlap():
+    """The KL option trains on the "fit" half; perplexity is measured on the "eval" half."""
+    from split_plugin.data import load_heldout_text
+
+    evaluation, fit, everything = load_heldout_text(), load_heldout_text("fit"), load_heldout_text("all")
+    assert evaluation and fit and not set(evaluation.split("\n\n")) & set(fit.split("\n\n"))
+    assert len(evaluation.split()) + len(fit.split()) == len(everything.split())
+    with pytest.raises(SplitPluginError, match="part must be one of"):
+        load_heldout_text("train")
