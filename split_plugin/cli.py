@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: CAA, SFT and SPLIT side by side on the embedded model")
     p.add_argument("--out", default="reports/demo")
-    p.add_argument("--concept", default="power-seeking")
+    p.add_argument("--concept", default="optimism",
+                   help="a bundled dataset (optimism, power-seeking, self-preservation)")
     p.add_argument("--forms", default="vector", help="comma list of forms for SPLIT (vector,lora,local_weight)")
     p.add_argument("--quick", action="store_true", help="fewer pairs and one epoch (a smoke run)")
     p.set_defaults(func=_demo)

@@ -1,4 +1,4 @@
-"""The main job: CAA, SFT and SPLIT trained side by side on the embedded model, one report.
+"""The main job: CAA, SFT, SPLIT and SPLIT+KL side by side on the embedded model, one report.
 
 Every method is compared at matched strength: multipliers chosen so that the edit's median
 norm is a fixed fraction of the median residual-stream norm at the layer (see strength.py).
@@ -19,7 +19,8 @@ from .data import load_heldout_text, load_pairs
 from .fileio import atomic_dir
 from .generate import generate
 from .presets import preset_path
-from .intervention import Intervention
+from .errors import SplitPluginError
+from .intervention import FORMS, Intervention
 from .models import load_default_model
 from .strength import edit_ratio, matched_multipliers
 from .trainer import train
@@ -43,15 +44,19 @@ def _methods(forms: list[str]) -> list[tuple[str, str]]:
     """(display name, preset) pairs: the two baselines, then SPLIT in each requested form."""
     runs = [("CAA", "caa-vector"), ("SFT", "sft-vector")]
     names = {"vector": "SPLIT", "lora": "SPLIT-lora", "local_weight": "SPLIT-local_weight"}
-    return runs + [(names[f], f"split-{f}") for f in forms]
+    runs += [(names[f], f"split-{f}") for f in forms]
+    if "vector" in forms:
+        runs.append(("SPLIT+KL", "split-kl-vector"))  # the utility-preserving option
+    return runs
 
 
-def _train_all(model, tokenizer, pairs, forms: list[str], quick: bool, text: str) -> list[MethodRun]:
+def _train_all(model, tokenizer, pairs, forms: list[str], quick: bool, text: str,
+               layer: int | None) -> list[MethodRun]:
     runs = []
     for name, preset in _methods(forms):
-        config = TrainConfig.from_yaml(preset_path(preset))
-        if quick:
-            config = TrainConfig.from_dict({**config.to_dict(), "epochs": 1})
+        values = TrainConfig.from_yaml(preset_path(preset)).to_dict()
+        values.update({"epochs": 1} if quick else {}, **({"layer": layer} if layer is not None else {}))
+        config = TrainConfig.from_dict(values)
         print(f"[demo] training {name} ({preset}.yaml) on {len(pairs)} pairs", flush=True)
         start = time.perf_counter()
         intervention = train(model, tokenizer, pairs, config)
@@ -111,17 +116,24 @@ def _generations(model, tokenizer, runs: list[MethodRun], prompts: list[str]) ->
     return "\n".join(lines)
 
 
-def run_demo(out_dir: str | Path = "reports/demo", concept: str = "power-seeking", quick: bool = False,
-             forms: str = "vector") -> Path:
-    """Train, sweep and report; returns the report folder."""
+def run_demo(out_dir: str | Path = "reports/demo", concept: str = "optimism", quick: bool = False,
+             forms: str = "vector", layer: int | None = None, model_and_tokenizer=None) -> Path:
+    """Train, sweep and report; returns the report folder.
+
+    `layer` overrides the presets' layer 15; `model_and_tokenizer` replaces the embedded model
+    (the tests pass a tiny one).
+    """
     torch.manual_seed(0)
     start = time.perf_counter()
     form_list = [f.strip() for f in forms.split(",") if f.strip()]
-    model, tokenizer = load_default_model()
+    unknown = [f for f in form_list if f not in FORMS]
+    if not form_list or unknown:
+        raise SplitPluginError(f"--forms {forms!r}: use a comma list of {FORMS}")
+    model, tokenizer = model_and_tokenizer or load_default_model()
     train_pairs = load_pairs(concept, split="train", limit=48 if quick else TRAIN_PAIRS)
     test_pairs = load_pairs(concept, split="test", limit=24 if quick else None)
     text = " ".join(load_heldout_text().split()[:HELDOUT_WORDS])
-    runs = _train_all(model, tokenizer, train_pairs, form_list, quick, text)
+    runs = _train_all(model, tokenizer, train_pairs, form_list, quick, text, layer)
     results = {}
     for run in runs:
         print(f"[demo] sweeping {run.name} over {len(test_pairs)} test pairs", flush=True)
@@ -131,7 +143,7 @@ def run_demo(out_dir: str | Path = "reports/demo", concept: str = "power-seeking
     prompts = [p.question for p in test_pairs[:GENERATION_PROMPTS]]
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        write_report(results, tmp / "sweep", title=f"{concept}: CAA vs SFT vs SPLIT")
+        write_report(results, tmp / "sweep", title=f"{concept}: CAA vs SFT vs SPLIT vs SPLIT+KL")
         (tmp / "table.csv").write_text(_csv(rows), encoding="utf-8")
         table = _markdown_table(rows)
         (tmp / "generations.md").write_text(_generations(model, tokenizer, runs, prompts), encoding="utf-8")
