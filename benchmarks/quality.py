@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from _markdown import write_section
 from split_plugin import (Intervention, TrainConfig, import_peft, load_default_model, load_heldout_text,
                           load_pairs, preset_path, sweep, train)
 from split_plugin.data import encode_pairs
@@ -58,7 +59,6 @@ METHODS = {
     "SPLIT-local_weight": ("split-local_weight", {}),
     "LoRA": ("sft-lora", {}),
 }
-BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -229,16 +229,6 @@ def header(args, cells: list[dict]) -> str:
             "words of the bundled held-out prose.\n")
 
 
-def write_markdown(path: Path, text: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n## Quality grid (benchmarks/quality.py)\n\n" + section + "\n"
-    atomic_write_text(path, new)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
@@ -265,7 +255,7 @@ def main(argv=None) -> None:
     report = header(args, cells) + "\n" + tables(cells, args.concepts, args.methods)
     print("\n" + report)
     if args.markdown:
-        write_markdown(Path(args.markdown), report)
+        write_section(args.markdown, "quality", "Quality grid (benchmarks/quality.py)", report)
         print(f"written to {args.markdown}")
 
 

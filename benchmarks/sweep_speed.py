@@ -12,13 +12,17 @@ Both must agree; the script prints both times and the ratio naive / ours, then t
 from __future__ import annotations
 
 import argparse
+import platform
+import os
 import shlex
 import sys
 import time
+from datetime import date
 
 import numpy as np
 import torch
 
+from _markdown import as_code_block, captured, write_section
 from split_plugin import Intervention
 from split_plugin.analysis import concept_direction, sweep
 from split_plugin.analysis.manifold import layer_outputs
@@ -38,6 +42,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-rows", type=int, default=64)
     parser.add_argument("--heldout", action="store_true", help="also time held-out perplexity")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--markdown", default=None, help="also write the output into this file's section")
     return parser.parse_args()
 
 
@@ -71,8 +76,17 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print("command:", " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
+    with captured() as printed:
+        measure(args)
+    if args.markdown:
+        write_section(args.markdown, "sweep-speed", "Sweep speed (benchmarks/sweep_speed.py)",
+                      as_code_block(printed.getvalue()))
+
+
+def measure(args: argparse.Namespace) -> None:
+    print("command: python", " ".join(shlex.quote(a) for a in sys.argv))
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"date {date.today().isoformat()}, {os.cpu_count()} cores, {platform.machine()}")
     model, tokenizer = load_default_model()
     layout = resolve_layout(model)
     pairs = load_pairs(args.data, split="test", limit=args.pairs)

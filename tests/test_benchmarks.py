@@ -1,0 +1,47 @@
+"""The benchmark scripts' bookkeeping: budget selection, intervals, and BENCHMARKS.md sections."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import _markdown  # noqa: E402
+import quality  # noqa: E402
+
+
+def cell(method: str, seed: int, accuracies, ppl) -> dict:
+    rows = [{"strength": s, "multiplier": s * 10, "accuracy": a, "pref": 0.0, "util": 0.0, "ppl_increase": p}
+            for s, a, p in zip(quality.STRENGTHS, accuracies, ppl)]
+    return {"concept": "c", "method": method, "seed": seed, "split": "test", "eval_pairs": 4,
+            "train_seconds": 1.0, "params": 576, "rows": rows}
+
+
+def test_budget_picks_the_strongest_strength_within_it_not_the_best_accuracy():
+    ppl = [0.0, 0.01, 0.03, 0.04, 0.09, 0.2, 0.6]
+    acc = [0.5, 0.9, 0.6, 0.55, 0.7, 0.8, 0.9]  # the 0.9 at +1% must not be cherry-picked
+    c = cell("SPLIT", 0, acc, ppl)
+    assert quality.at_budget(c, 0.05)["strength"] == 0.1 and quality.at_budget(c, 0.05)["accuracy"] == 0.55
+    assert quality.at_budget(c, 0.02)["accuracy"] == 0.9
+    assert quality.at_budget(cell("X", 0, acc, [0.0] + [0.5] * 6), 0.02)["strength"] == 0.0
+
+
+def test_mean_ci_is_a_t_interval():
+    mean, half = quality.mean_ci([0.5, 0.6, 0.7])
+    assert mean == pytest.approx(0.6) and half == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)
+    assert quality.mean_ci([0.4])[0] == 0.4 and quality.mean_ci([])[0] != quality.mean_ci([])[0]
+
+
+def test_tables_and_sections(tmp_path):
+    cells = [cell("SPLIT", s, [0.5, 0.6, 0.7, 0.8, 0.8, 0.8, 0.9], [0, .01, .02, .04, .08, .2, 1.0]) for s in (0, 1)]
+    text = quality.tables(cells, ["c"], ["SPLIT", "CAA"])
+    assert "| SPLIT | 576 |" in text and "CAA" not in text.split("|---|")[-1]
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\nintro kept\n", encoding="utf-8")
+    _markdown.write_section(path, "quality", "Quality", "first")
+    _markdown.write_section(path, "speed", "Speed", "fast")
+    _markdown.write_section(path, "quality", "Quality", "second")
+    text = path.read_text(encoding="utf-8")
+    assert "intro kept" in text and "second" in text and "first" not in text and text.count("## Quality") == 1
+    assert text.index("second") < text.index("fast")
