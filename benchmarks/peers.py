@@ -1,0 +1,608 @@
+"""Side by side with the libraries users would pick instead: steering-vectors, repeng, pyreft.
+
+    pip install --no-deps -r requirements-peers.txt      # the peers themselves, pinned
+    pip install -r requirements-peers-deps.txt           # what they need that we do not already have
+    python benchmarks/peers.py [--concepts power-seeking self-preservation optimism] [--seeds 0 1 2]
+        [--train-pairs N] [--test-pairs N] [--methods steering-vectors repeng pyreft-NoReFT ...]
+        [--out benchmarks/results/peers] [--markdown BENCHMARKS.md]
+
+The peers pin old numpy/transformers/torch, so they are installed with --no-deps next to our
+torch / transformers; they are benchmark-only and never a dependency of split_plugin.
+
+One cell = concept x method x seed, on the embedded SmolLM2-135M-Instruct at layer 15:
+
+- steering-vectors: `train_steering_vector` with the mean aggregator on "prompt + answer"
+  strings, read at the last answer token (its `read_token_index`, one token per string is all
+  the library allows); the layer-15 vector becomes our vector `Intervention`.
+- repeng: `ControlVector.train(method="pca_diff")` on the same strings (numpy's removed
+  `np.float_` is aliased first); PCA has no sign, so the vector is oriented with training
+  pairs only: the sign whose +0.1-strength sweep on the first 16 training pairs gives the larger
+  mean preference log-odds is kept. Then it becomes our vector `Intervention`.
+- pyreft NoReFT / LoReFT, rank 4, at the layer's output on every position, trained with the
+  library's own intervention modules and forward (a plain AdamW loop, the loss of
+  `ReftTrainerForCausalLM` on the positive answers). Its edit depends on the input, so it is
+  evaluated through pyreft/pyvene with a forward hook that scales the intervention's output
+  delta by m; the metrics come from our own functions (`encode_pairs`, `sequence_logprobs`,
+  `SweepResult.from_logprobs`) on the same pairs and text, a path that `tests/test_peers.py`
+  checks against `split_plugin.sweep` for a plain vector. A LoReFT whose orthogonal weight is
+  zero after training (torch >= 2.1's orthogonal parametrization under AdamW) is reported as
+  collapsed and not swept.
+- ours (CAA, SFT, SPLIT, SPLIT-lora, SPLIT-local_weight): `benchmarks/quality.py`'s cells,
+  read from (or computed into) its cache folder with its own file names.
+
+Every method is swept at the matched strengths of quality.py (|m·delta| / median residual norm
+in `quality.STRENGTHS`); the edit of pyreft is input dependent, so its median is used. Cells are
+JSON files under --out (gitignored), skipped when present, so an interrupted run resumes.
+The report: per method, the best test accuracy reachable within a held-out perplexity increase
+of 2 / 5 / 10% (mean ± 95% t-interval over seeds), the accuracy at the strength chosen from
+perplexity alone (quality.py's rule), a frontier plot (frontier.png under --out and a small
+copy in docs/peers_frontier.png), training/extraction speed, and a reading computed from the
+numbers; with --markdown it replaces the section between `<!-- peers:begin -->` and
+`<!-- peers:end -->` of that file (appended if missing) and nothing else.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality  # noqa: E402  (benchmarks/quality.py: cells, strengths, intervals)
+
+from split_plugin import Intervention, load_default_model, load_heldout_text, sweep  # noqa: E402
+from split_plugin.analysis.result import SweepResult  # noqa: E402
+from split_plugin.data import encode_pairs, encode_texts, format_prompt  # noqa: E402
+from split_plugin.fileio import atomic_write_text  # noqa: E402
+from split_plugin.layers import resolve_layout  # noqa: E402
+from split_plugin.objectives import AnswerTokens, sequence_logprobs  # noqa: E402
+from split_plugin.strength import edit_ratio, matched_multipliers  # noqa: E402
+
+PEERS = ("steering-vectors", "repeng", "pyreft-NoReFT", "pyreft-LoReFT")
+OURS = ("CAA", "SFT", "SPLIT", "SPLIT-lora", "SPLIT-local_weight")
+METHODS = PEERS + OURS
+LIBRARY = {"steering-vectors": "steering-vectors", "repeng": "repeng", "pyreft-NoReFT": "pyreft",
+           "pyreft-LoReFT": "pyreft"}
+INSTALL = "pip install --no-deps -r requirements-peers.txt && pip install -r requirements-peers-deps.txt"
+LAYER = 15
+ORIENT_PAIRS = 16
+BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concepts", nargs="+", default=["power-seeking", "self-preservation", "optimism"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--train-pairs", type=int, default=None, help="first N training pairs (default all)")
+    p.add_argument("--test-pairs", type=int, default=None, help="first N test pairs (default all)")
+    p.add_argument("--reft-rank", type=int, default=4)
+    p.add_argument("--reft-epochs", type=int, default=2, help="pyreft epochs (default: our presets' 2)")
+    p.add_argument("--reft-lr", type=float, default=4e-3, help="pyreft learning rate (its README's 4e-3)")
+    p.add_argument("--reft-batch-size", type=int, default=4)
+    p.add_argument("--out", default="benchmarks/results/peers")
+    p.add_argument("--quality-out", default="benchmarks/results/quality",
+                   help="quality.py's cache folder: our methods' cells are read from / written to it")
+    p.add_argument("--markdown", default="BENCHMARKS.md", help="file whose peers section is rewritten ('' = none)")
+    p.add_argument("--docs-png", default="docs/peers_frontier.png", help="small copy of the plot ('' = none)")
+    return p.parse_args(argv)
+
+
+def peer_versions() -> dict[str, str | None]:
+    out = {}
+    for name in ("steering-vectors", "repeng", "pyreft", "pyvene", "torch", "transformers", "numpy"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def installed_peers() -> list[str]:
+    """The peer methods whose library can be imported here."""
+    found = []
+    for method in PEERS:
+        try:
+            _import_peer(LIBRARY[method])
+        except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+            continue
+        found.append(method)
+    return found
+
+
+def _import_peer(library: str):
+    if library == "repeng":
+        if not hasattr(np, "float_"):
+            np.float_ = np.float64  # repeng 0.4.0 annotates with numpy's removed alias
+        import repeng
+        return repeng
+    if library == "steering-vectors":
+        import steering_vectors
+        return steering_vectors
+    with contextlib.redirect_stdout(open(os.devnull, "w")):  # pyvene prints a notice about nnsight
+        import pyreft
+    return pyreft
+
+
+# -- strings the vector peers read -------------------------------------------------------------------
+def pair_strings(tokenizer, pairs) -> list[tuple[str, str]]:
+    """(prompt + positive answer, prompt + negative answer): the chat prompt our encode_pairs uses."""
+    return [(format_prompt(tokenizer, p.question) + p.positive.strip(),
+             format_prompt(tokenizer, p.question) + p.negative.strip()) for p in pairs]
+
+
+def vector_intervention(model, layer: int, vector: torch.Tensor, concept: str | None = None) -> Intervention:
+    intervention = Intervention.for_model(model, "vector", layer, concept=concept)
+    with torch.no_grad():
+        intervention.vector.copy_(torch.as_tensor(vector, dtype=torch.float32).reshape(-1))
+    return intervention
+
+
+def train_steering_vectors(model, tokenizer, pairs, layer: int) -> Intervention:
+    from steering_vectors import train_steering_vector
+    from steering_vectors.aggregators import mean_aggregator
+
+    sv = train_steering_vector(model, tokenizer, pair_strings(tokenizer, pairs), layers=[layer],
+                               layer_type="decoder_block", read_token_index=-1,
+                               aggregator=mean_aggregator(), batch_size=8, show_progress=False)
+    return vector_intervention(model, layer, sv.layer_activations[layer].detach().float().cpu())
+
+
+def train_repeng(model, tokenizer, pairs, layer: int) -> Intervention:
+    repeng = _import_peer("repeng")
+    dataset = [repeng.DatasetEntry(positive=a, negative=b) for a, b in pair_strings(tokenizer, pairs)]
+    control = repeng.ControlVector.train(model, tokenizer, dataset, hidden_layers=[layer],
+                                         method="pca_diff", batch_size=8)
+    return vector_intervention(model, layer, torch.from_numpy(np.asarray(control.directions[layer])))
+
+
+def orient(model, tokenizer, intervention: Intervention, train_pairs, text: str) -> bool:
+    """Flip the vector if -v favours the positive answers more than +v on training pairs; True if flipped."""
+    m = matched_multipliers(edit_ratio(model, tokenizer, intervention, text), [0.1])[0]
+    result = sweep(model, tokenizer, intervention, list(train_pairs[:ORIENT_PAIRS]), [-m, m],
+                   bootstrap=0, progress=False)
+    pref = {round(r["multiplier"], 9): r["pref_mean"] for r in result.summary()}
+    if pref[round(-m, 9)] > pref[round(m, 9)]:
+        with torch.no_grad():
+            intervention.vector.neg_()
+        return True
+    return False
+
+
+# -- pyreft -------------------------------------------------------------------------------------------
+def train_pyreft(model, tokenizer, pairs, layer: int, kind: str, seed: int, rank: int = 4, epochs: int = 2,
+                 lr: float = 4e-3, batch_size: int = 4, max_length: int = 256):
+    """(reft model, its intervention module, optimizer steps, collapsed?) trained on the positive answers."""
+    pyreft = _import_peer("pyreft")
+    torch.manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    hidden = resolve_layout(model).down_proj_dims(layer)[1]
+    if kind == "NoReFT":
+        module = pyreft.NoreftIntervention(embed_dim=hidden, low_rank_dimension=rank, add_bias=True, dtype=dtype)
+    else:
+        module = pyreft.LoreftIntervention(embed_dim=hidden, low_rank_dimension=rank, dtype=dtype)
+    config = pyreft.ReftConfig(representations={"layer": layer, "component": "block_output",
+                                                "low_rank_dimension": rank, "intervention": module})
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    reft = pyreft.get_reft_model(model, config, set_device=False)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    steps, collapsed = 0, False
+    try:
+        for _ in range(epochs):
+            for start in range(0, len(order), batch_size):
+                batch = encode_pairs(tokenizer, [pairs[i] for i in order[start:start + batch_size]],
+                                     max_length=max_length)
+                rows = slice(0, None, 2)  # the positive answer of each pair
+                _, out = reft({"input_ids": batch.input_ids[rows], "attention_mask": batch.attention_mask[rows]},
+                              unit_locations=None, labels=batch.labels[rows])
+                optimizer.zero_grad()
+                out.loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                steps += 1
+                if kind == "LoReFT" and float(module.rotate_layer.weight.detach().norm()) == 0.0:
+                    collapsed = True
+                    break
+            if collapsed:
+                break
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+    module.eval()
+    return reft, module, steps, collapsed
+
+
+@contextlib.contextmanager
+def scaled_edit(module: torch.nn.Module, multiplier: float):
+    """While active, the intervention returns base + m * (its output - base)."""
+    hook = module.register_forward_hook(lambda mod, args, out: args[0] + multiplier * (out - args[0]))
+    try:
+        yield
+    finally:
+        hook.remove()
+
+
+@torch.no_grad()
+def reft_edit_norms(model, tokenizer, module, layer: int, text: str, max_length: int = 128,
+                    max_windows: int = 4) -> tuple[float, float]:
+    """(median |delta at m=1| / median |h|, median |delta|) on held-out text: edit_ratio's measure."""
+    ids, mask, _ = encode_texts(tokenizer, [text], max_length=max_length)
+    ids, mask = ids[:max_windows], mask[:max_windows]
+    seen = {}
+    hook = resolve_layout(model).layer(layer).register_forward_hook(
+        lambda mod, args, out: seen.__setitem__("h", out[0] if isinstance(out, tuple) else out))
+    try:
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        hook.remove()
+    h = seen["h"][mask.bool()]
+    delta = (module(h) - h).float().norm(dim=-1)
+    return float(delta.median() / h.float().norm(dim=-1).median()), float(delta.median())
+
+
+# -- one evaluation path for any forward -------------------------------------------------------------
+Forward = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def vector_forward(model, intervention: Intervention) -> Forward:
+    def forward(ids, mask, m):
+        with intervention.apply(model, m):
+            return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    return forward
+
+
+def reft_forward(reft, module) -> Forward:
+    def forward(ids, mask, m):
+        with scaled_edit(module, m):
+            return reft({"input_ids": ids, "attention_mask": mask}, unit_locations=None)[1].logits
+    return forward
+
+
+@torch.no_grad()
+def score_forward(forward: Forward, tokenizer, pairs, multipliers: Sequence[float], text: str | None,
+                  batch_size: int = 8, max_length: int = 256) -> SweepResult:
+    """The metrics of `sweep` (accuracy, preference/utility log-odds, held-out perplexity) via `forward`.
+
+    Same tokenization (encode_pairs / encode_texts), same scored tokens and the same aggregation
+    (SweepResult.from_logprobs) as split_plugin.sweep's naive path; only the forward differs.
+    """
+    ms = [float(m) for m in multipliers]
+    if 0.0 not in ms:
+        ms = [0.0] + ms
+    logp, counts = [[] for _ in ms], []
+    for start in range(0, len(pairs), batch_size):
+        batch = encode_pairs(tokenizer, pairs[start:start + batch_size], max_length=max_length)
+        tokens = AnswerTokens.from_labels(batch.labels)
+        counts.append(tokens.counts)
+        for j, m in enumerate(ms):
+            logits = forward(batch.input_ids, batch.attention_mask, m)
+            logp[j].append(sequence_logprobs(logits[tokens.rows, tokens.positions], tokens).double())
+    scores = torch.stack([torch.cat(x) for x in logp]).numpy()
+    count = torch.cat(counts).numpy()
+    ppl = None
+    if text:
+        ids, mask, labels = encode_texts(tokenizer, text, max_length=max_length)
+        totals, n_tokens = np.zeros(len(ms)), 0
+        for start in range(0, ids.shape[0], batch_size):
+            part = slice(start, start + batch_size)
+            tokens = AnswerTokens.from_labels(labels[part])
+            n_tokens += int(tokens.counts.sum())
+            for j, m in enumerate(ms):
+                logits = forward(ids[part], mask[part], m)
+                totals[j] += float(sequence_logprobs(logits[tokens.rows, tokens.positions], tokens).double().sum())
+        ppl = [math.exp(-t / n_tokens) for t in totals]
+    return SweepResult.from_logprobs(ms, scores[:, 0::2], scores[:, 1::2], count[0::2], count[1::2],
+                                     perplexity=ppl, bootstrap=0)
+
+
+def rows_from(result: SweepResult, strengths: Sequence[float], multipliers: Sequence[float]) -> list[dict]:
+    """quality.py's row format: one per matched strength."""
+    by_m = {round(r["multiplier"], 9): r for r in result.summary()}
+    return [{"strength": s, "multiplier": m, "accuracy": by_m[round(m, 9)]["accuracy"],
+             "pref": by_m[round(m, 9)]["pref_mean"], "util": by_m[round(m, 9)]["util_mean"],
+             "ppl_increase": by_m[round(m, 9)]["ppl_increase"]} for s, m in zip(strengths, multipliers)]
+
+
+# -- one peer cell -----------------------------------------------------------------------------------
+def run_peer_cell(model, tokenizer, method: str, train_pairs, eval_pairs, text: str, seed: int,
+                  layer: int = LAYER, strengths: Sequence[float] = quality.STRENGTHS, reft=None) -> dict:
+    """Train/extract one peer, measure its edit, sweep it at matched strengths; quality.py's cell format."""
+    reft = reft or SimpleNamespace(rank=4, epochs=2, lr=4e-3, batch_size=4)
+    torch.manual_seed(seed)
+    extra: dict = {}
+    start = time.perf_counter()
+    if method in ("steering-vectors", "repeng"):
+        train = train_steering_vectors if method == "steering-vectors" else train_repeng
+        intervention = train(model, tokenizer, train_pairs, layer)
+        seconds = time.perf_counter() - start
+        sequences = 2 * len(train_pairs)
+        if method == "repeng":
+            extra["flipped_by_orientation"] = orient(model, tokenizer, intervention, train_pairs, text)
+        ratio = edit_ratio(model, tokenizer, intervention, text)
+        multipliers = matched_multipliers(ratio, strengths)
+        result = sweep(model, tokenizer, intervention, eval_pairs, multipliers, heldout_text=text,
+                       bootstrap=0, progress=False)
+        params = intervention.num_parameters()
+        extra.update(edit_ratio_at_1=ratio, vector_norm=float(intervention.vector.detach().norm()))
+    else:
+        kind = method.split("-", 1)[1]
+        reft_model, module, steps, collapsed = train_pyreft(
+            model, tokenizer, train_pairs, layer, kind, seed, rank=reft.rank, epochs=reft.epochs, lr=reft.lr,
+            batch_size=reft.batch_size)
+        seconds = time.perf_counter() - start
+        sequences = steps and min(steps * reft.batch_size, reft.epochs * len(train_pairs))
+        params = sum(p.numel() for p in module.parameters())
+        ratio, median = reft_edit_norms(model, tokenizer, module, layer, text)
+        extra.update(edit_ratio_at_1=ratio, median_edit_norm=median, steps=steps, collapsed=collapsed,
+                     rank=reft.rank, epochs=reft.epochs, lr=reft.lr, batch_size=reft.batch_size)
+        if collapsed or not ratio > 0:
+            extra["collapsed"] = True
+            multipliers = [0.0 for _ in strengths]
+            result = score_forward(reft_forward(reft_model, module), tokenizer, eval_pairs, [0.0], text)
+        else:
+            multipliers = matched_multipliers(ratio, strengths)
+            result = score_forward(reft_forward(reft_model, module), tokenizer, eval_pairs, multipliers, text)
+    return {"concept": getattr(train_pairs[0], "concept", None), "method": method, "seed": seed,
+            "split": "test", "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
+            "train_seconds": seconds, "train_sequences": sequences, "params": params, "layer": layer,
+            "library": LIBRARY[method], "version": peer_versions().get(LIBRARY[method]), **extra,
+            "rows": rows_from(result, strengths, multipliers)}
+
+
+def our_sequences(cell: dict) -> int:
+    """Answer rows our trainer runs: 2 per pair with the negative answer, x2 with sub rows, x epochs."""
+    c = cell["config"]
+    if c.get("method") == "caa":
+        return 2 * cell["train_pairs"]
+    needs_negative = c.get("method") == "reps" or c.get("neg_weight", 0) > 0 or c.get("margin_weight", 0) > 0
+    per_pair = (2 if needs_negative else 1) * (2 if c.get("sub_rows") else 1)
+    return per_pair * cell["train_pairs"] * int(c.get("epochs", 1))
+
+
+# -- aggregation -------------------------------------------------------------------------------------
+def frontier(cell: dict, budget: float) -> float:
+    """Best accuracy over swept strengths whose held-out perplexity increase is within the budget."""
+    ok = [r["accuracy"] for r in cell["rows"] if r["ppl_increase"] is not None and r["ppl_increase"] <= budget]
+    return max(ok) if ok else cell["rows"][0]["accuracy"]
+
+
+def summarize(cells: list[dict], methods: list[str]) -> dict:
+    out = {}
+    for method in methods:
+        runs = [c for c in cells if c["method"] == method]
+        if not runs:
+            continue
+        seqs = [c.get("train_sequences") or our_sequences(c) for c in runs]
+        out[method] = {
+            "n": len(runs), "params": runs[0]["params"],
+            "collapsed": all(c.get("collapsed") for c in runs),
+            "frontier": {b: quality.mean_ci([frontier(c, b) for c in runs]) for b in quality.BUDGETS},
+            "by_ppl_rule": quality.mean_ci([quality.at_budget(c, 0.05)["accuracy"] for c in runs]),
+            "top_ppl": quality.mean_ci([c["rows"][-1]["ppl_increase"] for c in runs]),
+            "pairs_per_s": float(np.mean([c["train_pairs"] / c["train_seconds"] for c in runs])),
+            "seqs_per_s": float(np.mean([s / c["train_seconds"] for s, c in zip(seqs, runs)])),
+            "seconds": float(np.mean([c["train_seconds"] for c in runs])),
+            "edit": float(np.median([c["median_edit_norm"] for c in runs])) if "median_edit_norm" in runs[0] else None,
+            "curve": [(float(np.mean([c["rows"][i]["ppl_increase"] for c in runs])),
+                       float(np.mean([c["rows"][i]["accuracy"] for c in runs]))) for i in range(len(runs[0]["rows"]))],
+        }
+    return out
+
+
+def reading(stats: dict, baseline: float) -> list[str]:
+    """Sentences computed from the numbers: who leads at each budget, by how much, and speed."""
+    ours = [m for m in stats if m in OURS]
+    peers = [m for m in stats if m in PEERS and not stats[m]["collapsed"]]
+    lines = []
+    if not ours or not peers:
+        return ["Only one side (ours or peers) was run, so there is nothing to compare."]
+    for b in quality.BUDGETS:
+        best_our = max(ours, key=lambda m: stats[m]["frontier"][b][0])
+        best_peer = max(peers, key=lambda m: stats[m]["frontier"][b][0])
+        (mo, ho), (mp, hp) = stats[best_our]["frontier"][b], stats[best_peer]["frontier"][b]
+        gap = mo - mp
+        overlap = (math.isfinite(ho) and math.isfinite(hp) and abs(gap) <= ho + hp)
+        if abs(gap) < 1e-9:
+            verdict = "tie"
+        elif gap > 0:
+            verdict = "we lead" + (" (intervals overlap)" if overlap else "")
+        else:
+            verdict = "the peer leads" + (" (intervals overlap)" if overlap else "")
+        lines.append(f"- Within +{b:.0%} perplexity: best of ours {best_our} {mo:.3f}, best peer {best_peer} "
+                     f"{mp:.3f} (unsteered {baseline:.3f}): {verdict}, gap {gap:+.3f}.")
+    single = all(stats[m]["n"] < 2 for m in stats)
+    if single:
+        lines.append("- One seed only: no intervals, so gaps of a few test pairs are within noise.")
+    collapsed = [m for m in stats if stats[m]["collapsed"]]
+    if collapsed:
+        lines.append(f"- {', '.join(collapsed)}: collapsed in training (zero edit), shown at the unsteered accuracy.")
+    fastest = max(stats, key=lambda m: stats[m]["pairs_per_s"])
+    slowest = min(stats, key=lambda m: stats[m]["pairs_per_s"])
+    lines.append(f"- Speed: fastest {fastest} ({stats[fastest]['pairs_per_s']:.1f} pairs/s), slowest {slowest} "
+                 f"({stats[slowest]['pairs_per_s']:.2f} pairs/s).")
+    for m in ours:
+        if m == "CAA":
+            continue
+        for p in [p for p in stats if p.startswith("pyreft")]:
+            r = stats[m]["pairs_per_s"] / stats[p]["pairs_per_s"]
+            lines.append(f"- {m} trains {r:.2f}x as many pairs per second as {p} "
+                         f"({'faster' if r > 1 else 'slower'}; both are trained, the vector peers only extract).")
+    return lines
+
+
+def fmt(pair, pct=False) -> str:
+    return quality.fmt(*pair, pct=pct)
+
+
+def strength_sets(cells: list[dict]) -> str:
+    """The swept strengths; per method when cached cells were swept on different sets."""
+    sets: dict[tuple, list[str]] = {}
+    for c in cells:
+        key = tuple(r["strength"] for r in c["rows"])
+        if c["method"] not in sets.setdefault(key, []):
+            sets[key].append(c["method"])
+    if len(sets) == 1:
+        return str(list(next(iter(sets))))
+    return "; ".join(f"{list(k)} for {', '.join(v)}" for k, v in sets.items())
+
+
+def report(args, cells: list[dict], methods: list[str], argv: list[str]) -> tuple[str, dict]:
+    versions = peer_versions()
+    command = " ".join(["python benchmarks/peers.py", *map(shlex.quote, argv)])
+    lines = [f"Command: `{command}`  ",
+             f"Date: {date.today().isoformat()}; machine: {os.cpu_count()} cores, {platform.machine()}; "
+             + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".  ",
+             f"Model: embedded SmolLM2-135M-Instruct, layer {LAYER}; strengths {strength_sets(cells)} "
+             "(|m·delta| / median residual norm; pyreft: median of its input-dependent edit); held-out text: "
+             f"first {quality.HELDOUT_WORDS} words of the bundled prose. Install: `{INSTALL}`.", ""]
+    all_stats = {}
+    for concept in args.concepts:
+        mine = [c for c in cells if c["concept"] == concept]
+        if not mine:
+            continue
+        stats = summarize(mine, methods)
+        all_stats[concept] = stats
+        base = float(np.mean([c["rows"][0]["accuracy"] for c in mine]))
+        seeds = sorted({c["seed"] for c in mine})
+        lines += [f"#### {concept} (test split, {mine[0]['eval_pairs']} pairs, {mine[0]['train_pairs']} training "
+                  f"pairs, seeds {seeds}; unsteered accuracy {base:.3f})", "",
+                  "Best test accuracy reachable within a held-out perplexity increase (mean ± 95% CI over seeds; "
+                  "the max over swept strengths, an upper envelope for every method alike), the accuracy at "
+                  "quality.py's perplexity-only choice, and training/extraction speed:", "",
+                  "| method | params | acc @ ppl ≤ +2% | ≤ +5% | ≤ +10% | acc @ +5% (ppl rule) | ppl @ 0.5 "
+                  "| train s | pairs/s | seq/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for method in methods:
+            if method not in stats:
+                continue
+            s = stats[method]
+            accs = " | ".join("collapsed" if s["collapsed"] else fmt(s["frontier"][b]) for b in quality.BUDGETS)
+            lines.append(f"| {method} | {s['params']} | {accs} | {fmt(s['by_ppl_rule'])} | "
+                         f"{fmt(s['top_ppl'], pct=True)} | {s['seconds']:.1f} | {s['pairs_per_s']:.2f} | "
+                         f"{s['seqs_per_s']:.2f} |")
+        edits = [f"{m} {stats[m]['edit']:.3g}" for m in stats if stats[m]["edit"] is not None]
+        if edits:
+            lines += ["", "pyreft median edit norm at m = 1 on held-out tokens: " + ", ".join(edits) + "."]
+        ours = [m for m in stats if m in OURS]
+        peers = [m for m in stats if m in PEERS]
+        if ours and peers:
+            lines += ["", "Speed, ours over each peer (pairs/s ratio; > 1 = ours faster):", "",
+                      "| ours \\ peer | " + " | ".join(peers) + " |", "|---" * (len(peers) + 1) + "|"]
+            for m in ours:
+                lines.append(f"| {m} | " + " | ".join(f"{stats[m]['pairs_per_s'] / stats[p]['pairs_per_s']:.2f}"
+                                                       for p in peers) + " |")
+        lines += ["", "Reading (generated from the numbers above):", "", *reading(stats, base), ""]
+    return "\n".join(lines), all_stats
+
+
+def plot(all_stats: dict, paths: list[tuple[Path, int]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    concepts = list(all_stats)
+    if not concepts:
+        return
+    fig, axes = plt.subplots(1, len(concepts), figsize=(5.2 * len(concepts), 4), squeeze=False)
+    for ax, concept in zip(axes[0], concepts):
+        for method, s in all_stats[concept].items():
+            xs, ys = zip(*s["curve"])
+            style = "-" if method in OURS else "--"
+            ax.plot([100 * x for x in xs], ys, style, marker="o", ms=3, label=method)
+        ax.set_xscale("symlog", linthresh=1.0)
+        for b in quality.BUDGETS:
+            ax.axvline(100 * b, color="grey", lw=0.6, ls=":")
+        ax.set_xlabel("held-out perplexity increase (%)")
+        ax.set_ylabel("test accuracy  P(pos) > P(neg)")
+        ax.set_title(concept)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    for path, dpi in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.png")
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    plt.close(fig)
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """Replace only the text between the peers markers (appended with a heading if missing)."""
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    section = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in old and END in old and old.index(BEGIN) < old.index(END):
+        new = old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip() + "\n\n## Peers: steering-vectors, repeng, pyreft (benchmarks/peers.py)\n\n" + section + "\n"
+    atomic_write_text(path, new)
+
+
+def quality_args(args) -> argparse.Namespace:
+    """The settings quality.py would use for the same cells (so its cache file names match)."""
+    return argparse.Namespace(train_pairs=args.train_pairs, test_pairs=args.test_pairs, epochs=None,
+                              kl_weight=None, split="test")
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    out, qout = Path(args.out), Path(args.quality_out)
+    out.mkdir(parents=True, exist_ok=True)
+    qout.mkdir(parents=True, exist_ok=True)
+    missing = [m for m in args.methods if m in PEERS and m not in installed_peers()]
+    if missing:
+        raise SystemExit(f"peer libraries missing for {missing}; install them with: {INSTALL}")
+    model, tokenizer = load_default_model()
+    text = " ".join(load_heldout_text().split()[:quality.HELDOUT_WORDS])
+    qargs = quality_args(args)
+    reft = SimpleNamespace(rank=args.reft_rank, epochs=args.reft_epochs, lr=args.reft_lr,
+                           batch_size=args.reft_batch_size)
+    tag = (f"test-n{args.train_pairs or 'all'}-t{args.test_pairs or 'all'}"
+           f"-r{reft.rank}-e{reft.epochs}-lr{reft.lr:g}-b{reft.batch_size}")
+    grid = [(c, m, s) for c in args.concepts for m in args.methods for s in args.seeds]
+    cells = []
+    bar = tqdm(grid, desc="peers grid", dynamic_ncols=True)
+    for concept, method, seed in bar:
+        bar.set_postfix_str(f"{concept} {method} seed {seed}")
+        if method in OURS:
+            path = qout / f"{quality.cell_tag(qargs)}-{concept}-{method}-{seed}.json"
+        else:
+            path = out / f"{tag}-{concept}-{method}-{seed}.json"
+        if path.exists():
+            cells.append(json.loads(path.read_text(encoding="utf-8")))
+            continue
+        if method in OURS:
+            cell = quality.run_cell(model, tokenizer, concept, method, seed, qargs, text)
+        else:
+            train_pairs, eval_pairs = quality.split_pairs(concept, qargs)
+            cell = run_peer_cell(model, tokenizer, method, train_pairs, eval_pairs, text, seed, reft=reft)
+            cell["concept"] = concept
+        atomic_write_text(path, json.dumps(cell, indent=1))
+        cells.append(cell)
+    text_md, all_stats = report(args, cells, args.methods, argv)
+    pngs = [(out / "frontier.png", 110)] + ([(Path(args.docs_png), 60)] if args.docs_png else [])
+    plot(all_stats, pngs)
+    text_md += f"\n![accuracy vs perplexity increase]({args.docs_png or out / 'frontier.png'})\n"
+    print("\n" + text_md)
+    if args.markdown:
+        write_markdown(Path(args.markdown), text_md)
+        print(f"written to {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()
