@@ -63,6 +63,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (benchmarks/quality.py: cells, strengths, intervals)
+from _markdown import write_section  # noqa: E402
 
 from split_plugin import Intervention, load_default_model, load_heldout_text, sweep  # noqa: E402
 from split_plugin.analysis.result import SweepResult  # noqa: E402
@@ -80,7 +81,6 @@ LIBRARY = {"steering-vectors": "steering-vectors", "repeng": "repeng", "pyreft-N
 INSTALL = "pip install --no-deps -r requirements-peers.txt && pip install -r requirements-peers-deps.txt"
 LAYER = 15
 ORIENT_PAIRS = 16
-BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -542,14 +542,8 @@ def plot(all_stats: dict, paths: list[tuple[Path, int]]) -> None:
 
 
 def write_markdown(path: Path, text: str) -> None:
-    """Replace only the text between the peers markers (appended with a heading if missing)."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in old and END in old and old.index(BEGIN) < old.index(END):
-        new = old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n## Peers: steering-vectors, repeng, pyreft (benchmarks/peers.py)\n\n" + section + "\n"
-    atomic_write_text(path, new)
+    """Replace only the peers section of the file (appended with a heading if missing)."""
+    write_section(path, "peers", "Peers: steering-vectors, repeng, pyreft (benchmarks/peers.py)", text)
 
 
 def quality_args(args) -> argparse.Namespace:

@@ -75,13 +75,3 @@ def test_one_cell_per_installed_peer(llama, tok, method):
     assert not _hooks(llama)
     stats = peers.summarize([cell], [method])
     assert set(stats[method]["frontier"]) == set(peers.quality.BUDGETS)
-
-
-def test_markdown_section_is_replaced_and_nothing_else(tmp_path):
-    path = tmp_path / "B.md"
-    path.write_text("# Benchmarks\n\nkeep me\n", encoding="utf-8")
-    peers.write_markdown(path, "first")
-    peers.write_markdown(path, "second")
-    text = path.read_text(encoding="utf-8")
-    assert text.startswith("# Benchmarks\n\nkeep me\n") and "second" in text and "first" not in text
-    assert text.count(peers.BEGIN) == 1 and text.count(peers.END) == 1
