@@ -219,6 +219,56 @@ def tables(cells: list[dict], concepts: list[str], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _stat(cells: list[dict], concept: str, method: str, pick) -> tuple[float, float]:
+    return mean_ci([pick(c) for c in cells if c["concept"] == concept and c["method"] == method])
+
+
+def reading(cells: list[dict], concepts: list[str], methods: list[str]) -> str:
+    """The three questions answered from the numbers above (computed, never typed)."""
+    lines = ["**(a) Test accuracy at a held-out perplexity increase of at most 5%** (mean ± 95% CI):", ""]
+    split_like = [m for m in ("SPLIT", "SPLIT+KL", "SPLIT-lora", "SPLIT-local_weight") if m in methods]
+    for concept in concepts:
+        acc = {m: _stat(cells, concept, m, lambda c: at_budget(c, 0.05)["accuracy"]) for m in methods}
+        acc = {m: v for m, v in acc.items() if math.isfinite(v[0])}
+        if not acc:
+            continue
+        best = max((m for m in split_like if m in acc), key=lambda m: acc[m][0], default=None)
+        parts = ", ".join(f"{m} {fmt(*v)}" for m, v in acc.items())
+        verdict = ""
+        if best is not None:
+            rivals = [m for m in ("CAA", "SFT") if m in acc]
+            above = [m for m in rivals if acc[best][0] > acc[m][0]]
+            clear = [m for m in above if acc[best][0] - acc[best][1] > acc[m][0] + acc[m][1]]
+            if not math.isfinite(acc[best][1]):
+                spread = ", from one seed (no interval)" if above else ""
+            else:
+                spread = (f", with non-overlapping intervals against {', '.join(clear)}" if clear
+                          else ", but the intervals overlap" if above else "")
+            verdict = (f" Best SPLIT variant: {best}; above {', '.join(above) or 'neither CAA nor SFT'}"
+                       f" in the mean{spread}.")
+        lines.append(f"- {concept}: {parts}.{verdict}")
+    lines += ["", "**(b) Held-out perplexity increase at the strongest strength (0.5)**:", ""]
+    for concept in concepts:
+        ppl = {m: _stat(cells, concept, m, lambda c: c["rows"][-1]["ppl_increase"]) for m in methods}
+        ppl = {m: v for m, v in ppl.items() if math.isfinite(v[0])}
+        if ppl:
+            lines.append(f"- {concept}: " + ", ".join(f"{m} {fmt(*v, pct=True)}" for m, v in ppl.items()) + ".")
+    if "LoRA" in methods and "SPLIT" in methods:
+        header_at = len(lines)
+        for concept in concepts:
+            rows = []
+            for m in ("SPLIT", "SPLIT+KL", "LoRA", "SPLIT-lora"):
+                mine = [c for c in cells if c["concept"] == concept and c["method"] == m]
+                if mine:
+                    rows.append(f"{m} {mine[0]['params']} parameters, accuracy "
+                                f"{fmt(*mean_ci([at_budget(c, 0.05)['accuracy'] for c in mine]))}")
+            if len(rows) > 1 and any(r.startswith("LoRA ") for r in rows):
+                lines.append(f"- {concept}: " + "; ".join(rows) + ".")
+        if len(lines) > header_at:
+            lines[header_at:header_at] = ["", "**(c) Trainable parameters against accuracy at the 5% budget**:", ""]
+    return "\n".join(lines) + "\n"
+
+
 def header(args, cells: list[dict]) -> str:
     seeds = sorted({c["seed"] for c in cells})
     command = " ".join(["python benchmarks/quality.py", *map(shlex.quote, sys.argv[1:])])
@@ -252,7 +302,8 @@ def main(argv=None) -> None:
         cell = run_cell(model, tokenizer, concept, method, seed, args, text)
         atomic_write_text(path, json.dumps(cell, indent=1))
         cells.append(cell)
-    report = header(args, cells) + "\n" + tables(cells, args.concepts, args.methods)
+    report = (header(args, cells) + "\n" + tables(cells, args.concepts, args.methods) + "\n"
+              + reading(cells, args.concepts, args.methods))
     print("\n" + report)
     if args.markdown:
         write_section(args.markdown, "quality", "Quality grid (benchmarks/quality.py)", report)
