@@ -73,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--out", default="benchmarks/results/quality")
     p.add_argument("--markdown", default=None, help="write the tables into this file's quality section")
+    p.add_argument("--cached-only", action="store_true",
+                   help="report the cells already computed under --out; train nothing")
     return p.parse_args(argv)
 
 
@@ -202,8 +204,8 @@ def tables(cells: list[dict], concepts: list[str], methods: list[str]) -> str:
         base = np.mean([c["rows"][0]["accuracy"] for c in mine])
         lines += [f"#### {concept} ({mine[0]['split']} split, {mine[0]['eval_pairs']} pairs; "
                   f"unsteered accuracy {base:.3f})", "",
-                  "| method | params | acc @ ppl +2% | acc @ +5% | acc @ +10% | strength @ +5% "
-                  "| ppl increase @ 0.5 | acc @ 0.5 | train s |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| method | seeds | params | acc @ ppl +2% | acc @ +5% | acc @ +10% | strength @ +5% "
+                  "| ppl increase @ 0.5 | acc @ 0.5 | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
         for method in methods:
             runs = [c for c in mine if c["method"] == method]
             if not runs:
@@ -211,7 +213,7 @@ def tables(cells: list[dict], concepts: list[str], methods: list[str]) -> str:
             accs = [fmt(*mean_ci([at_budget(c, b)["accuracy"] for c in runs])) for b in BUDGETS]
             strength = fmt(*mean_ci([at_budget(c, 0.05)["strength"] for c in runs]))
             top = [c["rows"][-1] for c in runs]
-            lines.append(f"| {method} | {runs[0]['params']} | {' | '.join(accs)} | {strength} | "
+            lines.append(f"| {method} | {len(runs)} | {runs[0]['params']} | {' | '.join(accs)} | {strength} | "
                          f"{fmt(*mean_ci([r['ppl_increase'] for r in top]), pct=True)} | "
                          f"{fmt(*mean_ci([r['accuracy'] for r in top]))} | "
                          f"{np.mean([c['train_seconds'] for c in runs]):.0f} |")
@@ -295,9 +297,11 @@ def main(argv=None) -> None:
         if path.exists():
             cells.append(json.loads(path.read_text(encoding="utf-8")))
             continue
-        if method == "CAA" and seed != args.seeds[0]:  # no randomness in CAA: one run serves every seed
-            first = next(c for c in cells if c["concept"] == concept and c["method"] == "CAA")
+        first = next((c for c in cells if c["concept"] == concept and c["method"] == "CAA"), None)
+        if method == "CAA" and first is not None:  # no randomness in CAA: one run serves every seed
             cells.append({**first, "seed": seed})
+            continue
+        if args.cached_only:
             continue
         cell = run_cell(model, tokenizer, concept, method, seed, args, text)
         atomic_write_text(path, json.dumps(cell, indent=1))

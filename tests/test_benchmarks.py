@@ -36,7 +36,7 @@ def test_mean_ci_is_a_t_interval():
 def test_tables_and_sections(tmp_path):
     cells = [cell("SPLIT", s, [0.5, 0.6, 0.7, 0.8, 0.8, 0.8, 0.9], [0, .01, .02, .04, .08, .2, 1.0]) for s in (0, 1)]
     text = quality.tables(cells, ["c"], ["SPLIT", "CAA"])
-    assert "| SPLIT | 576 |" in text and "CAA" not in text.split("|---|")[-1]
+    assert "| SPLIT | 2 | 576 |" in text and "CAA" not in text.split("|---|")[-1]
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\nintro kept\n", encoding="utf-8")
     _markdown.write_section(path, "quality", "Quality", "first")
