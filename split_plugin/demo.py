@@ -148,6 +148,8 @@ def run_demo(out_dir: str | Path = "reports/demo", concept: str = "optimism", qu
         (tmp / "table.csv").write_text(_csv(rows), encoding="utf-8")
         table = _markdown_table(rows)
         (tmp / "generations.md").write_text(_generations(model, tokenizer, runs, prompts), encoding="utf-8")
+        for run in runs:  # small (one vector each): kept so `split-steer sweep` can re-analyse them
+            run.intervention.save_pretrained(str(tmp / "interventions" / run.name))
         (tmp / "README.md").write_text(
             f"# Demo: {concept} on SmolLM2-135M-Instruct\n\nCommand: `split-steer demo"
             f"{' --quick' if quick else ''} --concept {concept} --forms {forms}`; "
@@ -155,7 +157,9 @@ def run_demo(out_dir: str | Path = "reports/demo", concept: str = "optimism", qu
             f"{time.perf_counter() - start:.0f} s in all.\n\nStrength = median |m * delta| / median "
             "residual norm at the layer (matched across methods).\n\n" + table +
             "\n\nPlots and fits: `sweep/` (frontier.png: utility vs preference per method). "
-            "Generations: `generations.md`.\n", encoding="utf-8")
+            "Generations: `generations.md`. Trained interventions: `interventions/<method>/` "
+            f"(e.g. `split-steer sweep --intervention {out_dir}/interventions/SPLIT --data {concept} "
+            "--multipliers -12:12:2 --out sweep-SPLIT`).\n", encoding="utf-8")
     print("\n" + table + f"\n\n[demo] report written to {out_dir} "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
     return out_dir

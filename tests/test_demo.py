@@ -16,7 +16,8 @@ def test_demo_report_has_every_method_side_by_side(tmp_path):
     rows = list(csv.DictReader((out / "table.csv").open(encoding="utf-8")))
     assert {r["method"] for r in rows} == {"CAA", "SFT", "SPLIT", "SPLIT+KL"}
     assert {float(r["strength"]) for r in rows} == {0.0, 0.05, 0.1, 0.25, 0.5}
-    for name in ("README.md", "generations.md", "sweep/frontier.png", "sweep/report.md"):
+    for name in ("README.md", "generations.md", "sweep/frontier.png", "sweep/report.md",
+                 "interventions/SPLIT+KL/config.json"):
         assert (out / name).stat().st_size > 0
     readme = (out / "README.md").read_text(encoding="utf-8")
     assert "| SPLIT+KL |" in readme and "split-steer demo --quick --concept optimism" in readme
