@@ -274,7 +274,9 @@ def reading(cells: list[dict], concepts: list[str], methods: list[str]) -> str:
 def header(args, cells: list[dict]) -> str:
     seeds = sorted({c["seed"] for c in cells})
     command = " ".join(["python benchmarks/quality.py", *map(shlex.quote, sys.argv[1:])])
-    return (f"Command: `{command}`  \n"
+    note = ("  \nCells: computed by the same command without `--cached-only` (it resumes per cell); "
+            "the seeds column says how many finished, and a rerun fills in the rest.") if args.cached_only else ""
+    return (f"Command: `{command}`{note}  \n"
             f"Date: {date.today().isoformat()}; machine: {os.cpu_count()} cores, {platform.machine()}; "
             f"torch {torch.__version__}; seeds {seeds}; strengths {list(STRENGTHS)} "
             f"(|m·delta| / median residual norm at the layer); held-out text: first {HELDOUT_WORDS} "
