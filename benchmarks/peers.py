@@ -26,13 +26,16 @@ One cell = concept x method x seed, on the embedded SmolLM2-135M-Instruct at lay
   `SweepResult.from_logprobs`) on the same pairs and text, a path that `tests/test_peers.py`
   checks against `split_plugin.sweep` for a plain vector. A LoReFT whose orthogonal weight is
   zero after training (torch >= 2.1's orthogonal parametrization under AdamW) is reported as
-  collapsed and not swept.
+  collapsed and not swept. pyvene clears every forward hook of the model it wraps (transformers
+  5 returns hidden states through such hooks), so each cell gets a freshly loaded model.
 - ours (CAA, SFT, SPLIT, SPLIT-lora, SPLIT-local_weight): `benchmarks/quality.py`'s cells,
   read from (or computed into) its cache folder with its own file names.
 
 Every method is swept at the matched strengths of quality.py (|m·delta| / median residual norm
 in `quality.STRENGTHS`); the edit of pyreft is input dependent, so its median is used. Cells are
-JSON files under --out (gitignored), skipped when present, so an interrupted run resumes.
+JSON files under --out (gitignored), skipped when present, so an interrupted run resumes; the grid
+runs seed-major, and the methods without randomness (steering-vectors, repeng, CAA) run once per
+concept and count for every seed. `--cached-only` reports what a cut-short run has computed.
 The report: per method, the best test accuracy reachable within a held-out perplexity increase
 of 2 / 5 / 10% (mean ± 95% t-interval over seeds), the accuracy at the strength chosen from
 perplexity alone (quality.py's rule), a frontier plot (frontier.png under --out and a small
@@ -76,6 +79,7 @@ from split_plugin.strength import edit_ratio, matched_multipliers  # noqa: E402
 PEERS = ("steering-vectors", "repeng", "pyreft-NoReFT", "pyreft-LoReFT")
 OURS = ("CAA", "SFT", "SPLIT", "SPLIT-lora", "SPLIT-local_weight")
 METHODS = PEERS + OURS
+DETERMINISTIC = ("steering-vectors", "repeng", "CAA")  # no randomness: one run serves every seed
 LIBRARY = {"steering-vectors": "steering-vectors", "repeng": "repeng", "pyreft-NoReFT": "pyreft",
            "pyreft-LoReFT": "pyreft"}
 INSTALL = "pip install --no-deps -r requirements-peers.txt && pip install -r requirements-peers-deps.txt"
@@ -99,6 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="quality.py's cache folder: our methods' cells are read from / written to it")
     p.add_argument("--markdown", default="BENCHMARKS.md", help="file whose peers section is rewritten ('' = none)")
     p.add_argument("--docs-png", default="docs/peers_frontier.png", help="small copy of the plot ('' = none)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="report the cells already computed; train nothing (to report a run that was cut short)")
     return p.parse_args(argv)
 
 
@@ -426,6 +432,15 @@ def reading(stats: dict, baseline: float) -> list[str]:
             verdict = "the peer leads" + (" (intervals overlap)" if overlap else "")
         lines.append(f"- Within +{b:.0%} perplexity: best of ours {best_our} {mo:.3f}, best peer {best_peer} "
                      f"{mp:.3f} (unsteered {baseline:.3f}): {verdict}, gap {gap:+.3f}.")
+    splits = [m for m in ours if m.startswith("SPLIT")]
+    if splits:
+        best_split = max(splits, key=lambda m: stats[m]["frontier"][0.05][0])
+        best_peer = max(peers, key=lambda m: stats[m]["frontier"][0.05][0])
+        (ms, hs), (mp, hp) = stats[best_split]["frontier"][0.05], stats[best_peer]["frontier"][0.05]
+        overlap = math.isfinite(hs) and math.isfinite(hp) and abs(ms - mp) <= hs + hp
+        lines.append(f"- SPLIT (best form: {best_split}, {ms:.3f}) {'beats' if ms > mp else 'does not beat'} "
+                     f"every peer's best accuracy within +5% perplexity ({best_peer}, {mp:.3f})"
+                     + (", but the 95% intervals overlap." if overlap else "."))
     single = all(stats[m]["n"] < 2 for m in stats)
     if single:
         lines.append("- One seed only: no intervals, so gaps of a few test pairs are within noise.")
@@ -440,10 +455,16 @@ def reading(stats: dict, baseline: float) -> list[str]:
         if m == "CAA":
             continue
         for p in [p for p in stats if p.startswith("pyreft")]:
-            r = stats[m]["pairs_per_s"] / stats[p]["pairs_per_s"]
-            lines.append(f"- {m} trains {r:.2f}x as many pairs per second as {p} "
-                         f"({'faster' if r > 1 else 'slower'}; both are trained, the vector peers only extract).")
+            pairs, seqs = speed_ratios(stats, m, p)
+            lines.append(f"- {m} over {p}: {pairs:.2f}x the pairs/s, {seqs:.2f}x the training sequences/s "
+                         "(pyreft trains on the positive answer only; SPLIT also on the negative and on sub rows).")
     return lines
+
+
+def speed_ratios(stats: dict, ours: str, peer: str) -> tuple[float, float]:
+    """(pairs/s ratio, training sequences/s ratio) of one of our methods over a peer."""
+    return (stats[ours]["pairs_per_s"] / stats[peer]["pairs_per_s"],
+            stats[ours]["seqs_per_s"] / stats[peer]["seqs_per_s"])
 
 
 def fmt(pair, pct=False) -> str:
@@ -464,7 +485,8 @@ def strength_sets(cells: list[dict]) -> str:
 
 def report(args, cells: list[dict], methods: list[str], argv: list[str]) -> tuple[str, dict]:
     versions = peer_versions()
-    command = " ".join(["python benchmarks/peers.py", *map(shlex.quote, argv)])
+    # the command that computes the cells (a --cached-only rerun only re-reads them)
+    command = " ".join(["python benchmarks/peers.py", *map(shlex.quote, [a for a in argv if a != "--cached-only"])])
     lines = [f"Command: `{command}`  ",
              f"Date: {date.today().isoformat()}; machine: {os.cpu_count()} cores, {platform.machine()}; "
              + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".  ",
@@ -501,13 +523,34 @@ def report(args, cells: list[dict], methods: list[str], argv: list[str]) -> tupl
         ours = [m for m in stats if m in OURS]
         peers = [m for m in stats if m in PEERS]
         if ours and peers:
-            lines += ["", "Speed, ours over each peer (pairs/s ratio; > 1 = ours faster):", "",
+            lines += ["", "Speed, ours over each peer as ratios of pairs/s and of training sequences/s "
+                      "(> 1 = ours faster):", "",
                       "| ours \\ peer | " + " | ".join(peers) + " |", "|---" * (len(peers) + 1) + "|"]
             for m in ours:
-                lines.append(f"| {m} | " + " | ".join(f"{stats[m]['pairs_per_s'] / stats[p]['pairs_per_s']:.2f}"
-                                                       for p in peers) + " |")
+                lines.append(f"| {m} | " + " | ".join(f"{speed_ratios(stats, m, p)[0]:.2f} pairs, "
+                                                       f"{speed_ratios(stats, m, p)[1]:.2f} seq" for p in peers) + " |")
         lines += ["", "Reading (generated from the numbers above):", "", *reading(stats, base), ""]
+    lines += summary(all_stats)
     return "\n".join(lines), all_stats
+
+
+def summary(all_stats: dict) -> list[str]:
+    """One row per concept: SPLIT's best form against the best peer within +5% perplexity."""
+    rows = []
+    for concept, stats in all_stats.items():
+        splits = [m for m in stats if m.startswith("SPLIT")]
+        peers = [m for m in stats if m in PEERS and not stats[m]["collapsed"]]
+        if not splits or not peers:
+            continue
+        best_split = max(splits, key=lambda m: stats[m]["frontier"][0.05][0])
+        best_peer = max(peers, key=lambda m: stats[m]["frontier"][0.05][0])
+        gap = stats[best_split]["frontier"][0.05][0] - stats[best_peer]["frontier"][0.05][0]
+        rows.append(f"| {concept} | {best_split} {fmt(stats[best_split]['frontier'][0.05])} | "
+                    f"{best_peer} {fmt(stats[best_peer]['frontier'][0.05])} | {gap:+.3f} |")
+    if not rows:
+        return []
+    return ["#### Summary: SPLIT (best form) against the best peer, accuracy within +5% perplexity", "",
+            "| concept | SPLIT | best peer | gap |", "|---|---|---|---|", *rows, ""]
 
 
 def plot(all_stats: dict, paths: list[tuple[Path, int]]) -> None:
@@ -561,14 +604,14 @@ def main(argv=None) -> None:
     missing = [m for m in args.methods if m in PEERS and m not in installed_peers()]
     if missing:
         raise SystemExit(f"peer libraries missing for {missing}; install them with: {INSTALL}")
-    model, tokenizer = load_default_model()
     text = " ".join(load_heldout_text().split()[:quality.HELDOUT_WORDS])
     qargs = quality_args(args)
     reft = SimpleNamespace(rank=args.reft_rank, epochs=args.reft_epochs, lr=args.reft_lr,
                            batch_size=args.reft_batch_size)
     tag = (f"test-n{args.train_pairs or 'all'}-t{args.test_pairs or 'all'}"
            f"-r{reft.rank}-e{reft.epochs}-lr{reft.lr:g}-b{reft.batch_size}")
-    grid = [(c, m, s) for c in args.concepts for m in args.methods for s in args.seeds]
+    # seed-major: a run cut short still covers every concept and method with the seeds it got to
+    grid = [(c, m, s) for s in args.seeds for c in args.concepts for m in args.methods]
     cells = []
     bar = tqdm(grid, desc="peers grid", dynamic_ncols=True)
     for concept, method, seed in bar:
@@ -580,6 +623,15 @@ def main(argv=None) -> None:
         if path.exists():
             cells.append(json.loads(path.read_text(encoding="utf-8")))
             continue
+        first = next((c for c in cells if c["concept"] == concept and c["method"] == method), None)
+        if method in DETERMINISTIC and first is not None:
+            cells.append({**first, "seed": seed})
+            continue
+        if args.cached_only:
+            continue
+        # a fresh model per cell: pyvene clears every forward hook of the model it wraps, including the
+        # ones transformers uses to return hidden states, so no cell may see what an earlier one left
+        model, tokenizer = load_default_model()
         if method in OURS:
             cell = quality.run_cell(model, tokenizer, concept, method, seed, qargs, text)
         else:
