@@ -457,7 +457,8 @@ def reading(stats: dict, baseline: float) -> list[str]:
         for p in [p for p in stats if p.startswith("pyreft")]:
             pairs, seqs = speed_ratios(stats, m, p)
             lines.append(f"- {m} over {p}: {pairs:.2f}x the pairs/s, {seqs:.2f}x the training sequences/s "
-                         "(pyreft trains on the positive answer only; SPLIT also on the negative and on sub rows).")
+                         "(pyreft trains one row per pair and epoch, the positive answer; ours adds sub rows, and for SPLIT "
+                         "the negative answers).")
     return lines
 
 
