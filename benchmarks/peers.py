@@ -89,11 +89,7 @@ ORIENT_PAIRS = 16
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concepts", nargs="+", default=["power-seeking", "self-preservation", "optimism"])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--train-pairs", type=int, default=None, help="first N training pairs (default all)")
-    p.add_argument("--test-pairs", type=int, default=None, help="first N test pairs (default all)")
+    quality.add_grid_arguments(p, list(METHODS))
     p.add_argument("--reft-rank", type=int, default=4)
     p.add_argument("--reft-epochs", type=int, default=2, help="pyreft epochs (default: our presets' 2)")
     p.add_argument("--reft-lr", type=float, default=4e-3, help="pyreft learning rate (its README's 4e-3)")
@@ -419,8 +415,7 @@ def reading(stats: dict, baseline: float) -> list[str]:
     if not ours or not peers:
         return ["Only one side (ours or peers) was run, so there is nothing to compare."]
     for b in quality.BUDGETS:
-        best_our = max(ours, key=lambda m: stats[m]["frontier"][b][0])
-        best_peer = max(peers, key=lambda m: stats[m]["frontier"][b][0])
+        best_our, best_peer = best_at(stats, ours, b), best_at(stats, peers, b)
         (mo, ho), (mp, hp) = stats[best_our]["frontier"][b], stats[best_peer]["frontier"][b]
         gap = mo - mp
         overlap = (math.isfinite(ho) and math.isfinite(hp) and abs(gap) <= ho + hp)
@@ -432,10 +427,9 @@ def reading(stats: dict, baseline: float) -> list[str]:
             verdict = "the peer leads" + (" (intervals overlap)" if overlap else "")
         lines.append(f"- Within +{b:.0%} perplexity: best of ours {best_our} {mo:.3f}, best peer {best_peer} "
                      f"{mp:.3f} (unsteered {baseline:.3f}): {verdict}, gap {gap:+.3f}.")
-    splits = [m for m in ours if m.startswith("SPLIT")]
-    if splits:
-        best_split = max(splits, key=lambda m: stats[m]["frontier"][0.05][0])
-        best_peer = max(peers, key=lambda m: stats[m]["frontier"][0.05][0])
+    best_split = best_at(stats, [m for m in ours if m.startswith("SPLIT")], 0.05)
+    if best_split:
+        best_peer = best_at(stats, peers, 0.05)
         (ms, hs), (mp, hp) = stats[best_split]["frontier"][0.05], stats[best_peer]["frontier"][0.05]
         overlap = math.isfinite(hs) and math.isfinite(hp) and abs(ms - mp) <= hs + hp
         lines.append(f"- SPLIT (best form: {best_split}, {ms:.3f}) {'beats' if ms > mp else 'does not beat'} "
@@ -460,6 +454,11 @@ def reading(stats: dict, baseline: float) -> list[str]:
                          "(pyreft trains one row per pair and epoch, the positive answer; ours adds sub rows, and for SPLIT "
                          "the negative answers).")
     return lines
+
+
+def best_at(stats: dict, methods: list[str], budget: float) -> str | None:
+    """The method with the highest mean frontier accuracy within the budget (first on ties)."""
+    return max(methods, key=lambda m: stats[m]["frontier"][budget][0]) if methods else None
 
 
 def speed_ratios(stats: dict, ours: str, peer: str) -> tuple[float, float]:
@@ -539,12 +538,10 @@ def summary(all_stats: dict) -> list[str]:
     """One row per concept: SPLIT's best form against the best peer within +5% perplexity."""
     rows = []
     for concept, stats in all_stats.items():
-        splits = [m for m in stats if m.startswith("SPLIT")]
-        peers = [m for m in stats if m in PEERS and not stats[m]["collapsed"]]
-        if not splits or not peers:
+        best_split = best_at(stats, [m for m in stats if m.startswith("SPLIT")], 0.05)
+        best_peer = best_at(stats, [m for m in stats if m in PEERS and not stats[m]["collapsed"]], 0.05)
+        if not best_split or not best_peer:
             continue
-        best_split = max(splits, key=lambda m: stats[m]["frontier"][0.05][0])
-        best_peer = max(peers, key=lambda m: stats[m]["frontier"][0.05][0])
         gap = stats[best_split]["frontier"][0.05][0] - stats[best_peer]["frontier"][0.05][0]
         rows.append(f"| {concept} | {best_split} {fmt(stats[best_split]['frontier'][0.05])} | "
                     f"{best_peer} {fmt(stats[best_peer]['frontier'][0.05])} | {gap:+.3f} |")

@@ -61,13 +61,18 @@ METHODS = {
 }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_grid_arguments(p: argparse.ArgumentParser, methods: list[str]) -> None:
+    """The grid's axes, shared with peers.py: concepts, methods, seeds and the pair counts."""
     p.add_argument("--concepts", nargs="+", default=["power-seeking", "self-preservation", "optimism"])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=methods, choices=methods)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--train-pairs", type=int, default=None, help="first N training pairs (default all)")
     p.add_argument("--test-pairs", type=int, default=None, help="first N test pairs (default all)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_grid_arguments(p, list(METHODS))
     p.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
     p.add_argument("--kl-weight", type=float, default=None, help="override SPLIT+KL's kl_weight")
     p.add_argument("--split", choices=["test", "val"], default="test")
