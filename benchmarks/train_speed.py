@@ -1,12 +1,18 @@
-"""Training throughput of our trainer against the reference's procedure, measured side by side.
+"""Training throughput of our trainer, measured side by side with slower ways to do the same steps.
 
-Runs the same SPLIT training steps on the embedded model three ways and prints pairs/s and
-ratios:
-  ours       prefix cache + LM head on answer tokens only + positive and negative rows in one forward
-  no-cache   full forward every step, full LM head (the plain computation), one joint forward
-  reference  full forward, full LM head, separate forwards for positive and negative rows
+Runs the same SPLIT training steps on the embedded model and prints pairs/s and ratios:
+  ours              prefix cache + LM head on answer tokens only + positive and negative rows in one forward
+  no-cache          full forward every step, full LM head (the plain computation), one joint forward
+  separate-forwards full forward, full LM head, separate forwards for positive and negative rows
+
+With `--reference-checkout PATH` (a zjunlp/EasyEdit clone or `git archive` export, and
+`pip install -r requirements-reference.txt`), it also trains with EasyEdit's own SPLIT trainer
+(`steer/` "spilt", vector form) and with ours at the reference's configuration: the same pairs,
+model, layer, batch size, factors 2..20, add and sub rows, epochs. The last line printed is then
+`speed-up over the EasyEdit reference trainer: N.NNx`.
 
     python benchmarks/train_speed.py [--pairs 32] [--epochs 2] [--layer 15] [--form vector] [--threads N]
+                                     [--reference-checkout PATH]
 """
 from __future__ import annotations
 
@@ -16,16 +22,20 @@ import platform
 import sys
 import time
 from datetime import date
+from pathlib import Path
 
 import torch
 
 from _markdown import as_code_block, captured, write_section
+import reference_trainer
 from split_plugin import load_default_model, load_pairs, train
+from split_plugin.data import answer_suffix, format_prompt
+from split_plugin.models import converted_dir, default_gguf_path
 
 VARIANTS = {
     "ours": {},
     "no-cache": dict(prefix_cache=False, answer_only_head=False),
-    "reference": dict(prefix_cache=False, answer_only_head=False, joint_forward=False),
+    "separate-forwards": dict(prefix_cache=False, answer_only_head=False, joint_forward=False),
 }
 
 
@@ -37,18 +47,24 @@ def main() -> None:
     parser.add_argument("--form", default="vector")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--markdown", default=None, help="also write the output into this file's section")
+    parser.add_argument("--reference-checkout", type=Path, default=None,
+                        help="an EasyEdit checkout: also time its own SPLIT trainer against ours")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with captured() as printed:
-        measure(args)
+        model, tokenizer = load_default_model()
+        measure(args, model, tokenizer)
+        if args.reference_checkout is None:
+            print("EasyEdit reference trainer: skipped (pass --reference-checkout PATH to time it)")
+        else:
+            against_reference(args, model, tokenizer)
     if args.markdown:
         write_section(args.markdown, "train-speed", "Training speed (benchmarks/train_speed.py)",
                       as_code_block(printed.getvalue()))
 
 
-def measure(args: argparse.Namespace) -> None:
-    model, tokenizer = load_default_model()
+def measure(args: argparse.Namespace, model, tokenizer) -> None:
     pairs = load_pairs("power-seeking", split="train", limit=args.pairs)
     base = dict(layer=args.layer, method="split", form=args.form, epochs=args.epochs, batch_size=4,
                 lr=0.08 if args.form == "vector" else 0.01, progress=False,
@@ -66,8 +82,32 @@ def measure(args: argparse.Namespace) -> None:
         print(f"{name:10s} {seconds:7.1f} s  {rates[name]:6.2f} pairs/s")
     drift = max(float((finals[n] - finals["ours"]).abs().max()) for n in finals)
     print(f"max parameter difference between variants: {drift:.2e} (same training, different speed)")
-    for name in ("no-cache", "reference"):
+    for name in ("no-cache", "separate-forwards"):
         print(f"ours / {name}: {rates['ours'] / rates[name]:.2f}x")
+
+
+def against_reference(args: argparse.Namespace, model, tokenizer) -> None:
+    """EasyEdit's trainer and ours on the same pairs at the reference's configuration, in this run."""
+    reference_trainer.check_checkout(args.reference_checkout)
+    pairs = load_pairs("power-seeking", split="train", limit=args.pairs)
+    run = reference_trainer.ReferenceRun(layer=args.layer, batch_size=4, epochs=args.epochs,
+                                         factors=[float(f) for f in range(2, 21, 2)], sub_rows=True)
+    suffix = answer_suffix(tokenizer)
+    records = reference_trainer.as_records([format_prompt(tokenizer, p.question) for p in pairs],
+                                           [p.positive + suffix for p in pairs], [p.negative + suffix for p in pairs])
+    ours = dict(layer=run.layer, method="split", form="vector", epochs=run.epochs, batch_size=run.batch_size,
+                lr=run.lr, factors=list(run.factors), sub_rows=run.sub_rows, pos_weight=run.pos_weight,
+                neg_weight=run.neg_weight, margin_weight=run.margin_weight, margin=run.margin, progress=False)
+    print(f"reference configuration: {len(pairs)} pairs, {run.epochs} epoch(s), batch {run.batch_size}, "
+          f"add and sub rows, factors 2..20, layer {run.layer}, fp32")
+    start = time.perf_counter()
+    train(model, tokenizer, pairs, ours)
+    ours_rate = len(pairs) * run.epochs / (time.perf_counter() - start)
+    theirs_rate = len(pairs) * run.epochs / reference_trainer.time_reference(
+        args.reference_checkout, converted_dir(default_gguf_path()), records, run)
+    print(f"ours at that configuration      {ours_rate:6.2f} pairs/s")
+    print(f"EasyEdit reference trainer      {theirs_rate:6.2f} pairs/s")
+    print(f"speed-up over the EasyEdit reference trainer: {ours_rate / theirs_rate:.2f}x")
 
 
 if __name__ == "__main__":
