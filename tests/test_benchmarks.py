@@ -64,3 +64,23 @@ def test_peers_reading_says_whether_split_beats_every_peer():
     lines = "\n".join(peers.reading(peers.summarize(cells, list(curve)), 0.5))
     assert "SPLIT (best form: SPLIT-lora, 0.850) beats every peer's best accuracy within +5% perplexity (repeng, 0.800)." in lines
     assert "SPLIT-lora over" not in lines  # speed lines compare trained methods with pyreft only
+
+
+import memory  # noqa: E402
+from split_plugin import Intervention  # noqa: E402
+from tiny import tiny_model  # noqa: E402
+
+
+@pytest.mark.parametrize("form", ["vector", "lora", "local_weight"])
+def test_memory_estimate_counts_the_parameters_the_library_trains(form):
+    model = tiny_model("llama")
+    cfg = model.config
+    shape = memory.Shape("tiny", 0, cfg.num_hidden_layers, cfg.hidden_size, 0, cfg.intermediate_size, cfg.vocab_size)
+    intervention = Intervention.for_model(model, form, layer=1, rank=4)
+    assert memory.trainable(shape, form) == sum(p.numel() for p in intervention.parameters())
+
+
+def test_memory_estimate_grows_with_the_batch_and_not_with_the_form_for_activations():
+    small, big = (memory.estimate(memory.SHAPES[0], "vector", rows, 128, 100) for rows in (4, 8))
+    assert big["activations"] == 2 * small["activations"] and big["weights"] == small["weights"]
+    assert memory.estimate(memory.SHAPES[0], "local_weight", 4, 128, 100)["trainable"] > small["trainable"]
