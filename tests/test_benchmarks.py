@@ -84,3 +84,21 @@ def test_memory_estimate_grows_with_the_batch_and_not_with_the_form_for_activati
     small, big = (memory.estimate(memory.SHAPES[0], "vector", rows, 128, 100) for rows in (4, 8))
     assert big["activations"] == 2 * small["activations"] and big["weights"] == small["weights"]
     assert memory.estimate(memory.SHAPES[0], "local_weight", 4, 128, 100)["trainable"] > small["trainable"]
+
+
+import profile_step  # noqa: E402
+
+DIMS = {"vocab": 49152, "intermediate": 1536}
+
+
+@pytest.mark.parametrize("name, shapes, part", [
+    ("aten::mm", [[7, 576], [576, 49152]], "LM head"),
+    ("aten::addmm", [[1536], [12, 576], [576, 1536]], "MLP"),
+    ("aten::silu", [[12, 1536]], "MLP"),
+    ("aten::mm", [[12, 576], [576, 576]], "attention"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", [[1, 9, 40, 64]], "attention"),
+    ("aten::cat", [[3, 4]], "data movement"),
+    ("aten::rsqrt", [[12, 1]], "norms and element-wise"),
+])
+def test_profile_buckets_ops_by_name_and_shape(name, shapes, part):
+    assert profile_step.bucket(name, shapes, DIMS) == part
