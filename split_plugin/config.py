@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import torch
 import yaml
 
+from .data import PROMPT_FORMATS
 from .errors import SplitPluginError
 from .intervention import FORMS
 
@@ -61,6 +62,7 @@ class TrainConfig:
     # data
     max_length: int = 256
     system_prompt: str | None = None
+    prompt_format: str = "chat"  # see data.PROMPT_FORMATS: "plain" is EasyEdit's `prompt + " " + answer`
     # machinery
     device: str = "cpu"
     autocast: str | None = None
@@ -109,6 +111,8 @@ class TrainConfig:
             bad(f"factors must be a non-empty list of finite positive strengths, got {self.factors}")
         if self.loss_reduction not in ("mean", "sum"):
             bad(f"loss_reduction must be 'mean' or 'sum', got {self.loss_reduction!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            bad(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
         if self.autocast not in (None, "bf16", "fp16"):
             bad(f"autocast must be null, 'bf16' or 'fp16', got {self.autocast!r}")
         _check_device_name(self.device)

@@ -366,6 +366,10 @@ def load_heldout_text(part: str = "eval") -> str:
 
 
 # --------------------------------------------------------------------------- templating
+#: how a pair becomes text: "chat" (template, stripped answer, end-of-turn), "plain"
+#: (`question + " " + answer`, as EasyEdit scores edits) and "chat_plain" (template + " " + answer,
+#: EasyEdit with use_chat_template)
+PROMPT_FORMATS = ("chat", "plain", "chat_plain")
 
 
 def _has_template(tokenizer) -> bool:
@@ -532,25 +536,34 @@ def _truncate_prompt(prompt: list[int], answers: list[list[int]], max_length: in
 
 
 def encode_pairs(tokenizer, pairs: Sequence[ContrastivePair], max_length: int | None = None,
-                 padding_side: str | None = None, system_prompt: str | None = None) -> PairBatch:
+                 padding_side: str | None = None, system_prompt: str | None = None,
+                 prompt_format: str = "chat") -> PairBatch:
     """Tokenize pairs into a PairBatch (prompt and answer tokenized separately, then joined).
 
-    The prompt is `format_prompt(...)` with the tokenizer's own special prefix (BOS) added only
-    if the template did not already put it there. The answer is the answer text stripped of
-    surrounding whitespace (the model produces "Yes", not " Yes", right after the assistant
-    header) plus `answer_suffix(tokenizer)`. With `max_length`, prompts are cut from the left
-    (both rows of a pair the same way) and answers are kept whole; at least one prompt token
-    must remain.
+    `prompt_format="chat"`: the prompt is `format_prompt(...)` with the tokenizer's own special
+    prefix (BOS) added only if the template did not already put it there; the answer is the
+    answer text stripped of surrounding whitespace (the model produces "Yes", not " Yes", right
+    after the assistant header) plus `answer_suffix(tokenizer)`. "plain" and "chat_plain" are
+    EasyEdit's scoring formats (`prompt + " " + answer`, no end-of-turn; the prompt raw or
+    through the chat template). With `max_length`, prompts are cut from the left (both rows of
+    a pair the same way) and answers are kept whole; at least one prompt token must remain.
     """
     _check_tokenizer(tokenizer)
     if not pairs:
         raise SplitPluginError("encode_pairs got no pairs; pass at least one ContrastivePair")
     if max_length is not None and max_length < 2:
         raise SplitPluginError(f"max_length must be at least 2, got {max_length}")
-    side, pad_id, suffix = _padding_side(tokenizer, padding_side), _pad_id(tokenizer), answer_suffix(tokenizer)
+    if prompt_format not in PROMPT_FORMATS:
+        raise SplitPluginError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
+    side, pad_id = _padding_side(tokenizer, padding_side), _pad_id(tokenizer)
     prefix = _special_prefix(tokenizer)
-    prompts = _ids(tokenizer, [format_prompt(tokenizer, p.question, system_prompt) for p in pairs])
-    answers = _ids(tokenizer, [a.strip() + suffix for p in pairs for a in (p.positive, p.negative)])
+    if prompt_format == "plain":
+        prompts = _ids(tokenizer, [p.question for p in pairs])
+    else:
+        prompts = _ids(tokenizer, [format_prompt(tokenizer, p.question, system_prompt) for p in pairs])
+    texts = [a.strip() for p in pairs for a in (p.positive, p.negative)]
+    suffix = answer_suffix(tokenizer) if prompt_format == "chat" else None
+    answers = _ids(tokenizer, [a + suffix if suffix is not None else " " + a for a in texts])
     rows, masks, prompt_lengths = [], [], []
     for i, pair in enumerate(pairs):
         pair_answers = answers[2 * i: 2 * i + 2]

@@ -136,7 +136,7 @@ def mean_difference_vector(model: nn.Module, tokenizer, pairs: Sequence[Contrast
 def _encode(tokenizer, pairs: Sequence[ContrastivePair], config: TrainConfig, model: nn.Module) -> PairBatch:
     device = next(model.parameters()).device
     return encode_pairs(tokenizer, list(pairs), max_length=config.max_length,
-                        system_prompt=config.system_prompt).to(device)
+                        system_prompt=config.system_prompt, prompt_format=config.prompt_format).to(device)
 
 
 @dataclass
