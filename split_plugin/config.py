@@ -16,6 +16,13 @@ from .intervention import FORMS
 
 METHODS = ("split", "sft", "reps", "caa")
 VECTOR_FACTORS = [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0]
+#: the weight forms' (lora, local_weight) strengths: their edits scale the weights, not a residual
+WEIGHT_FACTORS = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0]
+
+
+def default_factors(form: str) -> list[float]:
+    """The training strengths a form uses when `factors` is not given."""
+    return list(VECTOR_FACTORS if form == "vector" else WEIGHT_FACTORS)
 
 
 @dataclass

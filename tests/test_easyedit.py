@@ -85,7 +85,6 @@ def tiny_dir(tmp_path_factory):
 def host(tmp_path, monkeypatch):
     """The host's code on this CPU-only machine: cuda devices redirected, logs in tmp_path."""
     monkeypatch.chdir(tmp_path)  # BaseEditor writes ./logs/run.log
-    se.reset_warnings()
     with se.cpu_fallback():
         yield tmp_path
 
@@ -137,9 +136,12 @@ def test_register_is_idempotent_and_mutates_the_same_dict():
 # -- hyperparameters --------------------------------------------------------------------------------------
 @needs_host
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma-2-9b-it", "qwen2.5-7b-it", "gpt2"])
-def test_repository_yamls_load_without_loading_models(name):
-    hp = se.SPLITHyperParams.from_hparams(ROOT / "hparams" / "SPLIT" / f"{name}.yaml")
-    assert hp.alg_name == "SPLIT"
+def test_shipped_yamls_load_by_name_without_loading_models(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # by name, from any folder
+    assert name in se.shipped_configs()
+    hp = se.SPLITHyperParams.from_hparams(name)
+    assert hp.alg_name == "SPLIT" and hp.request_format == "host"
+    assert hp.device == (0 if torch.cuda.is_available() else "cpu")  # device: auto
     config = hp.to_train_config()
     assert config.layer == hp.layer and config.batch_size == hp.train_batch_size
     if isinstance(hp.model_name, se.PreloadedModel):
@@ -278,7 +280,7 @@ def test_missing_negative_warns_once_and_trains_the_utility_term_only(host, tiny
     monkeypatch.setattr(se_apply, "train", lambda m, t, p, c, **k: configs.append(c) or real(m, t, p, c, **k))
     editor = editor_for(tiny_hparams())
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("default")  # Python's default: once per call site and message
         metrics, _, _ = host_edit(editor, restore=True, prompts=REQUESTS["prompts"], target_new=REQUESTS["target_new"])
     ours = [w for w in caught if "no negative answer" in str(w.message)]
     assert len(ours) == 1, [str(w.message) for w in caught]
@@ -375,15 +377,11 @@ def test_log_odds_metrics_for_another_method(host, tiny_dir, editor_for):
     hparams = FTHyperParams(model_name=str(tiny_dir), **{k: v for k, v in FT_HPARAMS.items() if k in fields},
                             **({"objective_optimization": "prompt_last"} if "objective_optimization" in fields else {}))
     editor = editor_for(hparams)
-    se.enable_log_odds_metrics("FT")
-    try:
-        metrics, _, _ = host_edit(editor, restore=True, prompts="Is the sky green?", target_new="Yes",
-                                  ground_truth="No")
-    finally:
-        se.disable_log_odds_metrics("FT")
-    assert set(se.METRIC_KEYS) <= set(metrics[0]["pre"]) and set(se.METRIC_KEYS) <= set(metrics[0]["post"])
-    metrics, _, _ = host_edit(editor, restore=True, prompts="Is the sky green?", target_new="Yes", ground_truth="No")
-    assert "pref_log_odds" not in metrics[0]["post"]
+    metrics, _, _ = host_edit(editor, restore=True, prompts="Is the sky green?", target_new="Yes",
+                              ground_truth="No", rephrase_prompts="Is the sky colored green?",
+                              locality_inputs={"nq": {"prompt": ["Say hi"], "ground_truth": ["hi"]}})
+    wanted = set(se.METRIC_KEYS) | {"rephrase_pref_log_odds", "locality_log_odds", "locality_pref_acc"}
+    assert wanted <= set(metrics[0]["pre"]) and wanted <= set(metrics[0]["post"])
 
 
 @needs_host
@@ -462,15 +460,11 @@ def test_detection_and_registration_with_fake_hosts(flavor):
     if flavor == "git":
         assert info.takes_target_neg and info.restore == "callable"
         assert fake.utils.CALLABLE_RESTORE_ALGS == {"KN", "SPLIT"}
-        assert hasattr(fake.editor.summary_metrics, "__split_plugin_wrapped__")
         assert "qwen2" in info.model_keywords
     else:
         assert not info.takes_target_neg and info.restore == "items" and info.callable_restore_algs is None
         assert "qwen2" not in info.model_keywords
-    wrapped = fake.editor.compute_edit_quality
-    assert not hasattr(wrapped.__split_plugin_wrapped__, "__split_plugin_wrapped__")  # wrapped once
-    ft = types.SimpleNamespace(alg_name="FT")
-    assert wrapped(None, "m", ft, None, {}, 0) == {"rewrite_acc": [1.0]}  # other methods untouched
+    assert not hasattr(fake.editor.compute_edit_quality, "__split_plugin_wrapped__")  # fakes' evaluation untouched
 
 
 @needs_host
@@ -510,7 +504,7 @@ def test_restore_paths_as_each_host_version_runs_them(tiny_hparams):
 
 
 def test_tolerant_import_stubs_only_multimodal_failures(tmp_path, monkeypatch):
-    from split_plugin.easyedit._host import STUBBED, _TolerantFinder, tolerant_import
+    from split_plugin.easyedit._host import _TolerantFinder, tolerant_import
 
     pkg = tmp_path / "fakehost_pkg"
     (pkg / "vision").mkdir(parents=True)
@@ -527,7 +521,7 @@ def test_tolerant_import_stubs_only_multimodal_failures(tmp_path, monkeypatch):
             import fakehost_pkg
             assert fakehost_pkg.core.VALUE == 42
             vision = sys.modules["fakehost_pkg.vision"]
-            assert vision.X == 1 and STUBBED["fakehost_pkg.vision"] == "not_installed_vision_pkg_xyz"
+            assert vision.X == 1 and vision.__split_plugin_stub__ == "not_installed_vision_pkg_xyz"
             with pytest.raises(ModuleNotFoundError, match="not_installed_vision_pkg_xyz"):
                 fakehost_pkg.Processor()
             with pytest.raises(ModuleNotFoundError, match="not_installed_text_pkg_xyz"):
@@ -535,13 +529,12 @@ def test_tolerant_import_stubs_only_multimodal_failures(tmp_path, monkeypatch):
     finally:
         for name in [n for n in sys.modules if n.startswith("fakehost_pkg")]:
             del sys.modules[name]
-        STUBBED.pop("fakehost_pkg.vision", None)
 
 
 def test_tolerant_import_stubs_other_methods_that_fail(tmp_path, monkeypatch):
     """The git host's UnKE imports a module transformers 5 lacks, DeepEdit-API an API client:
     only those methods are lost; a failure outside the method modules stays an error."""
-    from split_plugin.easyedit._host import STUBBED, _TolerantFinder, tolerant_import
+    from split_plugin.easyedit._host import _TolerantFinder, tolerant_import
 
     pkg = tmp_path / "fakehost2_pkg"
     (pkg / "models" / "unke").mkdir(parents=True)
@@ -566,15 +559,13 @@ def test_tolerant_import_stubs_other_methods_that_fail(tmp_path, monkeypatch):
     finally:
         for name in [n for n in sys.modules if n.startswith("fakehost2_pkg")]:
             del sys.modules[name]
-        for name in [n for n in STUBBED if n.startswith("fakehost2_pkg")]:
-            del STUBBED[name]
 
 
 # -- the embedded model -----------------------------------------------------------------------------------
 @needs_host
 @pytest.mark.slow
 def test_embedded_model_through_base_editor(host, editor_for):
-    data = yaml.safe_load((ROOT / "hparams" / "SPLIT" / "smollm2-135m-instruct.yaml").read_text())
+    data = yaml.safe_load((se.hparams.CONFIG_DIR / "smollm2-135m-instruct.yaml").read_text())
     data.update(epochs=3)
     hp = se.SPLITHyperParams.from_hparams(write_yaml(host / "smol.yaml", **data))
     editor = editor_for(hp)

@@ -4,21 +4,21 @@
     from split_plugin.easyedit import SPLITHyperParams
     from easyeditor import BaseEditor
 
-    hparams = SPLITHyperParams.from_hparams("hparams/SPLIT/smollm2-135m-instruct.yaml")
+    hparams = SPLITHyperParams.from_hparams("smollm2-135m-instruct")  # a shipped YAML, or a path
     editor = BaseEditor.from_hparams(hparams)
     metrics, model, weights_copy = editor.edit(prompts=..., target_new=..., ground_truth=...)
 
 Importing this module imports easyeditor (importing `split_plugin` alone never does) and
 calls `register()`. Works with the PyPI wheel 0.0.1.dev0 and the EasyEdit repository's
 easyeditor; `host_info()` says which one is in use. On a CPU-only machine run the wheel's
-code inside `cpu_fallback()` (it hard-codes `cuda:{device}`).
+code inside `cpu_fallback()` (it hard-codes `cuda:{device}`; with the git version it does nothing).
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ._host import (
-    STUBBED,
     HostInfo,
     HostModules,
     cpu_fallback,
@@ -32,28 +32,25 @@ from .apply import (
     apply_split_to_model,
     negative_answer,
     requests_to_pairs,
-    reset_warnings,
     undo_edits,
 )
-from .hparams import EMBEDDED_MODEL_NAME, PreloadedModel, SPLITHyperParams, preloaded
+from .hparams import EMBEDDED_MODEL_NAME, PreloadedModel, SPLITHyperParams, preloaded, shipped_configs
 from .metrics import (
+    ALL_KEYS,
     METRIC_KEYS,
     add_log_odds_metrics,
-    disable_log_odds_metrics,
-    enable_log_odds_metrics,
     format_table,
     log_odds_metrics,
     summarize,
+    summary_metrics,
 )
 from . import metrics as _metrics
-from .hparams import _HOST
 
 ALG_NAME = "SPLIT"
-#: the host's editor class, for `from split_plugin.easyedit import BaseEditor`
-BaseEditor = _HOST.editor.BaseEditor
 
 __all__ = [
     "ALG_NAME",
+    "ALL_KEYS",
     "BaseEditor",
     "EMBEDDED_MODEL_NAME",
     "METRIC_KEYS",
@@ -67,8 +64,6 @@ __all__ = [
     "apply_split_to_model",
     "cpu_fallback",
     "detect_host",
-    "disable_log_odds_metrics",
-    "enable_log_odds_metrics",
     "format_table",
     "host_info",
     "import_easyeditor",
@@ -77,8 +72,9 @@ __all__ = [
     "preloaded",
     "register",
     "requests_to_pairs",
-    "reset_warnings",
+    "shipped_configs",
     "summarize",
+    "summary_metrics",
     "undo_edits",
 ]
 
@@ -105,11 +101,12 @@ def register(host: HostModules | None = None) -> HostInfo:
     - makes BatchEditor.is_batchable_method accept SPLIT (for `batch_edit`)
     - git version: adds "SPLIT" to CALLABLE_RESTORE_ALGS, so a non-sequential edit is undone
       by calling weights_copy()
-    - wraps the editor module's compute_edit_quality (and git's summary_metrics) so SPLIT's
-      per-case metrics gain pref_log_odds / util_log_odds / pref_acc
-    `host` defaults to the installed easyeditor; tests pass small fakes.
+    - points the host's compute_edit_quality at a wrapper adding our metrics for every method,
+      and its summary_metrics (git version) at ours, which reports our keys too
+    `host` defaults to the installed easyeditor; tests pass small fakes (whose evaluation
+    functions are left alone).
     """
-    modules = host or _HOST
+    modules = host or load_host_modules()
     info = detect_host(modules)
     registry = modules.alg_dict.ALG_DICT
     registry[ALG_NAME] = apply_split_to_model
@@ -119,13 +116,27 @@ def register(host: HostModules | None = None) -> HostInfo:
     _batchable(modules.batch_editor)
     if info.callable_restore_algs is not None:
         info.callable_restore_algs.add(ALG_NAME)
-    _metrics.install(modules.editor)
+    if host is None:
+        _metrics.install()
     return info
 
 
 def host_info() -> HostInfo:
     """Which easyeditor is installed (flavor "wheel" or "git") and how it restores models."""
-    return detect_host(_HOST)
+    return detect_host(load_host_modules())
 
 
-register()
+def __getattr__(name: str):
+    if name == "BaseEditor":  # the host's editor class: `from split_plugin.easyedit import BaseEditor`
+        return load_host_modules().editor.BaseEditor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _host_is_importing() -> bool:
+    """True while easyeditor itself is being imported: it imported us (an upstream `models/split`)."""
+    host = sys.modules.get("easyeditor")
+    return host is not None and not hasattr(host, "BaseEditor")
+
+
+if not _host_is_importing():
+    register()

@@ -11,7 +11,8 @@
 - `detect_host()` tells the PyPI wheel (`edit(..., keep_original_weight=...)`, restores by
   writing `weights_copy.items()` back) from the git version (`edit(..., target_neg=...,
   sequential_edit=...)`, restores `CALLABLE_RESTORE_ALGS` by calling `weights_copy()`).
-- `cpu_fallback()` runs host code that hard-codes `cuda:N` devices on a CPU-only machine.
+- `cpu_fallback()` runs the wheel's code, which hard-codes `cuda:N` devices, on a CPU-only
+  machine; with the git version (which takes `device: cpu`) it does nothing.
 """
 from __future__ import annotations
 
@@ -40,9 +41,6 @@ MULTIMODAL_MODULES = ("easyeditor.trainer.blip2_models.", "easyeditor.dataset.pr
 #: `transformers.modeling_attn_mask_utils`, which transformers 5.24 lacks) leaves that method
 #: unusable, with a warning, instead of making easyeditor unimportable
 METHOD_MODULES = ("easyeditor.models.",)
-#: modules found missing (and stubbed) by the last import, for the record
-STUBBED: dict[str, str] = {}
-
 INSTALL_HINT = ("install the host's runtime dependencies with "
                 "`pip install --no-deps easyeditor==0.0.1.dev0 && pip install -r requirements-easyedit.txt` "
                 "(PyPI wheel) or `pip install -r requirements.txt` in the EasyEdit checkout (git version)")
@@ -84,8 +82,7 @@ def _make_stub(module: types.ModuleType, missing: str, reason: str | None = None
         return _placeholder(name, attr, missing, reason)
 
     module.__getattr__ = __getattr__
-    module.__split_plugin_stub__ = missing
-    STUBBED[name] = missing
+    module.__split_plugin_stub__ = missing  # the record of what was missing, on the module itself
 
 
 class _TolerantLoader(importlib.abc.Loader):
@@ -219,6 +216,11 @@ WHEEL_MODEL_KEYWORDS = ("t5", "gpt-3.5", "gpt", "llama", "baichuan", "chatglm", 
 GIT_MODEL_KEYWORDS = WHEEL_MODEL_KEYWORDS + ("qwen2", "qwen3", "qwen", "mistral")
 
 
+def imported_host_model_keywords() -> tuple[str, ...]:
+    """The model-name keywords of the easyeditor already imported (the wheel's when none is)."""
+    return GIT_MODEL_KEYWORDS if "sequential_edit" in _imported_edit_params() else WHEEL_MODEL_KEYWORDS
+
+
 @dataclass(frozen=True)
 class HostInfo:
     """What differs between the host versions, as far as the adapter is concerned."""
@@ -290,15 +292,35 @@ class _CudaToCpu(TorchFunctionMode):
 
 @contextlib.contextmanager
 def cpu_fallback(force: bool = False) -> Iterator[bool]:
-    """Run host code that hard-codes `cuda:{device}` on a machine without CUDA.
+    """Run the PyPI wheel's code, which hard-codes `cuda:{device}`, on a machine without CUDA.
 
-    The PyPI wheel moves models and tensors to `f"cuda:{hparams.device}"` in BaseEditor, in
-    its evaluation and in FT/ROME. Inside this block (a torch function mode, this thread only)
-    every torch call naming a cuda device runs on the CPU instead. It does nothing when CUDA is
-    available unless `force=True`. Yields whether the redirect is active.
+    The wheel moves models and tensors to `f"cuda:{hparams.device}"` in BaseEditor, in its
+    evaluation and in FT/ROME. Inside this block (a torch function mode, this thread only)
+    every torch call naming a cuda device runs on the CPU instead; SPLIT's own training and
+    scoring step outside it (`outside_cpu_fallback`). It does nothing when CUDA is available
+    or the imported host is the git version (that takes `device: cpu`), unless `force=True`.
+    Yields whether the redirect is active.
     """
-    if torch.cuda.is_available() and not force:
+    if not force and (torch.cuda.is_available() or "sequential_edit" in _imported_edit_params()):
         yield False
         return
     with _CudaToCpu():
         yield True
+
+
+@contextlib.contextmanager
+def outside_cpu_fallback() -> Iterator[None]:
+    """Leave `cpu_fallback()`'s mode for the block, if it is the innermost torch function mode."""
+    stack = torch.overrides._get_current_function_mode_stack()
+    if not stack or not isinstance(stack[-1], _CudaToCpu):
+        yield
+        return
+    with torch.overrides._pop_mode_temporarily():
+        yield
+
+
+def _imported_edit_params() -> tuple[str, ...]:
+    """BaseEditor.edit's parameter names in the easyeditor already imported (none if not imported)."""
+    editor = sys.modules.get("easyeditor.editors.editor")
+    edit = getattr(getattr(editor, "BaseEditor", None), "edit", None)
+    return tuple(inspect.signature(edit).parameters) if edit is not None else ()

@@ -25,13 +25,14 @@ from ..errors import SplitPluginError
 from ..intervention import Intervention, InterventionHandle
 from ..layers import ModelLayout, resolve_layout
 from ..trainer import train
+from ._host import outside_cpu_fallback
 from .hparams import SPLITHyperParams
 
 #: the wheel's default ground_truth when none is given
 WHEEL_PLACEHOLDER = "<|endoftext|>"
 _NO_NEGATIVE = "\u2205"  # stands in for a missing negative answer; never scored
-_warned: set[str] = set()
-_ACTIVE: "weakref.WeakKeyDictionary[nn.Module, list[SplitWeightsCopy]]" = weakref.WeakKeyDictionary()
+#: the model attribute listing its SPLIT edits (present only while it has some)
+EDITS_ATTR = "_split_plugin_edits"
 
 
 class SplitWeightsCopy(dict):
@@ -61,8 +62,8 @@ class SplitWeightsCopy(dict):
         """Remove the edit's hooks (safe to call twice)."""
         self.handle.remove()
         model = self._model()
-        if model is not None and model in _ACTIVE:
-            _ACTIVE[model] = [w for w in _ACTIVE[model] if w is not self]
+        if model is not None:
+            _track(model, [w for w in _edits(model) if w is not self])
 
     def __call__(self) -> None:
         self.restore()
@@ -78,9 +79,21 @@ class SplitWeightsCopy(dict):
                 f"multiplier={self.multiplier}, {state})")
 
 
+def _edits(model: nn.Module) -> list[SplitWeightsCopy]:
+    return list(model.__dict__.get(EDITS_ATTR, ()))
+
+
+def _track(model: nn.Module, edits: list[SplitWeightsCopy]) -> None:
+    """Record the model's edits on the model itself; the attribute goes when the last edit does."""
+    if edits:
+        model.__dict__[EDITS_ATTR] = edits
+    else:
+        model.__dict__.pop(EDITS_ATTR, None)
+
+
 def active_edits(model: nn.Module) -> list[SplitWeightsCopy]:
     """The SPLIT edits still hooked into `model` (persisting edits accumulate)."""
-    return [w for w in _ACTIVE.get(model, []) if w.active]
+    return [w for w in _edits(model) if w.active]
 
 
 def undo_edits(model: nn.Module) -> int:
@@ -128,17 +141,6 @@ def requests_to_pairs(requests: Sequence[Mapping]) -> tuple[list[ContrastivePair
         except SplitPluginError as exc:
             raise SplitPluginError(f"request {i}: {exc}") from None
     return pairs, missing
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, UserWarning, stacklevel=3)
-
-
-def reset_warnings() -> None:
-    """Forget which one-time warnings were given (tests, long sessions)."""
-    _warned.clear()
 
 
 # -- the apply function ---------------------------------------------------------------------------------
@@ -190,21 +192,22 @@ def apply_split_to_model(model: nn.Module, tok: Any, requests: Sequence[Mapping]
             raise SplitPluginError(
                 f"method {config.method!r} needs a negative answer for every request, but request(s) "
                 f"{missing} have none; pass target_neg (git EasyEdit) or ground_truth")
-        _warn_once("missing-negative",
+        warnings.warn(  # Python's default filter shows it once per call site
                    f"SPLIT: {len(missing)} of {len(requests)} request(s) have no negative answer (no "
                    "target_neg, and ground_truth missing or '<|endoftext|>'); training on the utility "
                    "term only (neg_weight = margin_weight = 0, no sub rows). Pass target_neg (git "
-                   "EasyEdit) or ground_truth to train the preference margin.")
+                   "EasyEdit) or ground_truth to train the preference margin.", UserWarning, stacklevel=2)
         config = dataclasses.replace(config, neg_weight=0.0, margin_weight=0.0, sub_rows=False)
     side = getattr(tok, "padding_side", None)
     try:
         if side is not None:
             tok.padding_side = "right"  # hosts set "left"; our batches carry their own masks
-        intervention = train(model, tok, pairs, config)
+        with outside_cpu_fallback():  # our training names no cuda device; run it at full speed
+            intervention = train(model, tok, pairs, config)
     finally:
         if side is not None:
             tok.padding_side = side
     handle = intervention.apply(model, hparams.resolved_multiplier(), layout=layout)
     weights_copy = SplitWeightsCopy(handle, model, restore_on_items=bool(keep_original_weight))
-    _ACTIVE.setdefault(model, []).append(weights_copy)
+    _track(model, _edits(model) + [weights_copy])
     return model, weights_copy

@@ -1,10 +1,13 @@
 """`SPLITHyperParams`: the host's hyperparameter class for SPLIT, loaded from YAML and validated.
 
-Host fields (read by BaseEditor): `alg_name`, `model_name`, `device`, `model_parallel`,
-`max_length` (evaluation truncation), `batch_size` (the host's edit batch: 1 for `edit`, the
-chunk size for `batch_edit`). Training fields mirror `TrainConfig`; the two whose names the
-host already uses are renamed: `train_batch_size` and `train_max_length`. `multiplier` is the
-strength at which the trained intervention is applied after the edit.
+Host fields (read by BaseEditor): `alg_name`, `model_name`, `device` (`auto`: cuda:0 when
+present, else "cpu"), `model_parallel`, `max_length` (evaluation truncation), `batch_size`
+(the host's edit batch: 1 for `edit`, the chunk size for `batch_edit`), `use_chat_template`
+(the git version's scoring format). Training fields are generated from `TrainConfig`'s own
+fields (never a hand-kept copy); the two whose names the host already uses are renamed:
+`train_batch_size` and `train_max_length`; `prompt_format` follows `request_format`.
+`multiplier` is the strength at which the trained intervention is applied after the edit.
+The class does not import the host: BaseEditor only reads its attributes.
 
 `model_name` is what BaseEditor loads, except:
 - `smollm2-135m-instruct` names the embedded model (loaded by `split_plugin.models`);
@@ -25,24 +28,29 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..config import TrainConfig, _check_types, load_yaml
-from ..errors import SplitPluginError
-from ._host import load_host_modules, detect_host
+import torch
 
-_HOST = load_host_modules()
-HyperParams = _HOST.hparams_base
+from ..config import TrainConfig, _check_types, default_factors, load_yaml
+from ..errors import SplitPluginError
+from ._host import imported_host_model_keywords
 
 ALG_NAME = "SPLIT"
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
-LORA_FACTORS = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0]
 MODEL_LOADERS = ("auto", "host", "split_plugin")
+#: "host": train and score in the format the host evaluates (`prompt + " " + target`, through
+#: the chat template when `use_chat_template` is set); "chat": SPLIT's own chat format
+REQUEST_FORMATS = ("host", "chat")
 _DTYPES = ("float32", "bfloat16", "float16")
+#: the YAMLs shipped with the package, reachable by name: from_hparams("smollm2-135m-instruct")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 #: TrainConfig fields SPLITHyperParams names differently (the host uses the plain names)
 RENAMED = {"batch_size": "train_batch_size", "max_length": "train_max_length"}
 #: TrainConfig fields that are not hyperparameters here: the device is the model's; one edit
-#: is too short for checkpoints
-NOT_MAPPED = ("device", "checkpoint_dir", "checkpoint_every")
+#: is too short for checkpoints; the prompt format follows `request_format`
+NOT_MAPPED = ("device", "checkpoint_dir", "checkpoint_every", "prompt_format")
+#: training defaults that differ inside an editor: no progress bars; factors by form
+TRAIN_DEFAULTS = {"progress": False, "factors": None}
 
 
 # -- preloaded models ----------------------------------------------------------------------------------
@@ -101,12 +109,15 @@ def _embedded_aliases() -> frozenset[str]:
     return frozenset(getattr(models, "DEFAULT_ALIASES", ())) | {EMBEDDED_MODEL_NAME}
 
 
-def _load_embedded() -> tuple:
-    from ..models import load_default_model  # the converted SmolLM2-135M-Instruct (LlamaForCausalLM)
+def _embedded_loader(dtype: str) -> Callable[[], tuple]:
+    def load() -> tuple:
+        from ..models import load_default_model  # the converted SmolLM2-135M-Instruct (LlamaForCausalLM)
 
-    model, tokenizer = load_default_model()
-    _ensure_pad(tokenizer)
-    return model, tokenizer
+        model, tokenizer = load_default_model(dtype=getattr(torch, dtype))
+        _ensure_pad(tokenizer)
+        return model, tokenizer
+
+    return load
 
 
 def _auto_loader(name: str, dtype: str) -> Callable[[], tuple]:
@@ -129,57 +140,26 @@ def preloaded(model: Any, tokenizer: Any, name: str | None = None) -> PreloadedM
 
 
 # -- the hyperparameters -----------------------------------------------------------------------------
-@dataclass
-class SPLITHyperParams(HyperParams):
-    """SPLIT as an EasyEdit editing method; see the module docstring and hparams/SPLIT/*.yaml."""
+def _train_fields() -> list[tuple]:
+    """(name, type, field) for every TrainConfig setting, renamed where the host owns the name."""
+    out = []
+    for f in fields(TrainConfig):
+        if f.name in NOT_MAPPED or f.name == "layer":
+            continue
+        name = RENAMED.get(f.name, f.name)
+        if f.name in TRAIN_DEFAULTS:
+            default = TRAIN_DEFAULTS[f.name]
+            kind = f.type if default is not None or "None" in str(f.type) else f"{f.type} | None"
+            out.append((name, kind, field(default=default)))
+        elif f.default_factory is not MISSING:
+            out.append((name, f.type, field(default_factory=f.default_factory)))
+        else:
+            out.append((name, f.type, field(default=f.default)))
+    return out
 
-    # the host's
-    model_name: Any
-    layer: int
-    alg_name: str = ALG_NAME
-    device: int | str = 0
-    model_parallel: bool = False
-    max_length: int = 40
-    batch_size: int = 1
-    # how the model is loaded when the host cannot (see the module docstring)
-    model_loader: str = "auto"
-    model_dtype: str = "float32"
-    # applying the result
-    multiplier: float | None = None
-    log_odds_metrics: bool = True
-    # training (TrainConfig; batch_size / max_length renamed)
-    method: str = "split"
-    form: str = "vector"
-    rank: int = 4
-    alpha: float | None = None
-    dropout: float = 0.0
-    lr: float = 0.08
-    epochs: int = 2
-    train_batch_size: int = 4
-    grad_accum: int = 1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    factors: list[float] | None = None
-    sub_rows: bool = True
-    pos_weight: float = 1.0
-    neg_weight: float = 0.5
-    margin_weight: float = 5.0
-    margin: float = 0.5
-    pooled_hinge: bool = False
-    loss_reduction: str = "mean"
-    reps_beta: float = 2.0
-    reps_gamma: float = 1.0
-    kl_weight: float = 0.0
-    kl_text: str | None = None
-    train_max_length: int = 256
-    system_prompt: str | None = None
-    autocast: str | None = None
-    prefix_cache: bool = True
-    answer_only_head: bool = True
-    joint_forward: bool = True
-    cache_limit_mb: int = 2048
-    progress: bool = False
+
+class _SPLITHyperParamsBase:
+    """SPLIT as an EasyEdit editing method; see the module docstring and configs/*.yaml."""
 
     def __post_init__(self) -> None:
         if self.alg_name != ALG_NAME:
@@ -187,15 +167,23 @@ class SPLITHyperParams(HyperParams):
         _check_types(self)
         if self.batch_size < 1:
             raise SplitPluginError(f"batch_size (the host's edit batch) must be >= 1, got {self.batch_size}")
-        if self.model_loader not in MODEL_LOADERS:
-            raise SplitPluginError(f"model_loader must be one of {MODEL_LOADERS}, got {self.model_loader!r}")
-        if self.model_dtype not in _DTYPES:
-            raise SplitPluginError(f"model_dtype must be one of {_DTYPES}, got {self.model_dtype!r}")
+        for key, allowed in (("model_loader", MODEL_LOADERS), ("model_dtype", _DTYPES),
+                             ("request_format", REQUEST_FORMATS)):
+            if getattr(self, key) not in allowed:
+                raise SplitPluginError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         if self.multiplier is not None and not math.isfinite(self.multiplier):
             raise SplitPluginError(f"multiplier must be a finite number (or null for the median of "
                                    f"the factors), got {self.multiplier}")
+        self.device = resolve_device(self.device)
         self.model_name = self._resolve_model_name(self.model_name)
         self.to_train_config()  # validate the training values now, with our field names
+
+    @property
+    def prompt_format(self) -> str:
+        """How pairs become text (data.PROMPT_FORMATS), from request_format and use_chat_template."""
+        if self.request_format == "chat":
+            return "chat"
+        return "chat_plain" if self.use_chat_template else "plain"
 
     # -- model names ---------------------------------------------------------------------------------
     def _resolve_model_name(self, name: Any) -> Any:
@@ -208,17 +196,21 @@ class SPLITHyperParams(HyperParams):
                 f"model_name must be a model path or hub name, '{EMBEDDED_MODEL_NAME}' (the embedded "
                 f"model) or a (model, tokenizer) pair, got {name!r}")
         if name.strip().lower() in _embedded_aliases():
-            return PreloadedModel(EMBEDDED_MODEL_NAME, loader=_load_embedded)
-        if self.model_loader == "split_plugin" or (
-                self.model_loader == "auto" and not self.host_can_load(name)):
+            return PreloadedModel(EMBEDDED_MODEL_NAME, loader=_embedded_loader(self.model_dtype))
+        if self.model_loader == "host" and self.model_dtype != "float32":
+            raise SplitPluginError(
+                f"model_loader: host loads {name!r} in float32 (the host has no dtype setting for it), "
+                f"but model_dtype is {self.model_dtype!r}; set model_loader: auto to load it in that dtype")
+        # the host would load in float32 whatever model_dtype says, so a dtype means we load it
+        if self.model_loader == "split_plugin" or (self.model_loader == "auto" and (
+                not self.host_can_load(name) or self.model_dtype != "float32")):
             return PreloadedModel(name, loader=_auto_loader(name, self.model_dtype))
         return name
 
     @staticmethod
     def host_can_load(name: str) -> bool:
-        """Whether BaseEditor of the installed host loads `name` itself (by its substring rules)."""
-        keywords = detect_host(_HOST).model_keywords
-        return any(k in name.lower() for k in keywords)
+        """Whether the imported host's BaseEditor loads `name` itself (by its substring rules)."""
+        return any(k in name.lower() for k in imported_host_model_keywords())
 
     def with_model(self, model: Any, tokenizer: Any, name: str | None = None) -> "SPLITHyperParams":
         """A copy whose BaseEditor uses this already-loaded model and tokenizer."""
@@ -226,11 +218,8 @@ class SPLITHyperParams(HyperParams):
 
     # -- training ------------------------------------------------------------------------------------
     def resolved_factors(self) -> list[float]:
-        if self.factors is not None:
-            return [float(f) for f in self.factors]
-        if self.form == "vector":
-            return [float(f) for f in TrainConfig.__dataclass_fields__["factors"].default_factory()]
-        return list(LORA_FACTORS)
+        """`factors`, else the form's default strengths."""
+        return [float(f) for f in (self.factors if self.factors is not None else default_factors(self.form))]
 
     def resolved_multiplier(self) -> float:
         """The strength applied after the edit: `multiplier`, else the median of the factors."""
@@ -249,6 +238,7 @@ class SPLITHyperParams(HyperParams):
             values[f.name] = getattr(self, RENAMED.get(f.name, f.name))
         values["factors"] = self.resolved_factors()
         values["device"] = device
+        values["prompt_format"] = self.prompt_format
         values.update(overrides)
         try:
             return TrainConfig(**values)
@@ -288,11 +278,12 @@ class SPLITHyperParams(HyperParams):
 
     @classmethod
     def from_hparams(cls, hparams_name_or_path: str | Path) -> "SPLITHyperParams":
-        """Load a YAML file (".yaml" is appended when missing, as the host's classes do)."""
-        path = Path(hparams_name_or_path)
-        if path.suffix not in (".yaml", ".yml") and not path.exists():
-            path = path.with_name(path.name + ".yaml")
-        return cls.from_dict(load_yaml(path), source=str(path))
+        """Load a YAML file, or a shipped one by name (e.g. "smollm2-135m-instruct").
+
+        ".yaml" is appended when missing, as the host's classes do; a path that exists wins
+        over a shipped name.
+        """
+        return cls.from_dict(load_yaml(find_config(hparams_name_or_path)), source=str(hparams_name_or_path))
 
     @classmethod
     def from_json(cls, fpath: str | Path) -> "SPLITHyperParams":
@@ -309,4 +300,49 @@ class SPLITHyperParams(HyperParams):
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["model_name"] = str(self.model_name)
         return out
+
+
+#: the fields BaseEditor reads, then the adapter's, then TrainConfig's (generated)
+SPLITHyperParams = dataclasses.make_dataclass("SPLITHyperParams", [
+    ("model_name", Any), ("layer", int),
+    ("alg_name", str, field(default=ALG_NAME)),
+    ("device", "int | str", field(default="auto")),
+    ("model_parallel", bool, field(default=False)),
+    ("max_length", int, field(default=40)),
+    ("batch_size", int, field(default=1)),
+    ("use_chat_template", bool, field(default=False)),
+    ("model_loader", str, field(default="auto")),
+    ("model_dtype", str, field(default="float32")),
+    ("request_format", str, field(default="host")),
+    ("multiplier", "float | None", field(default=None)),
+    ("log_odds_metrics", bool, field(default=True)),
+    *_train_fields(),
+], bases=(_SPLITHyperParamsBase,), namespace={"__module__": __name__})
+SPLITHyperParams.__doc__ = _SPLITHyperParamsBase.__doc__
+
+
+def resolve_device(device: Any) -> Any:
+    """`auto` -> 0 (cuda:0) when CUDA is available, else "cpu"; anything else unchanged."""
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return 0 if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def shipped_configs() -> list[str]:
+    """Names of the YAMLs shipped with the package."""
+    return sorted(p.name[:-len(".yaml")] for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """A YAML path: the path itself (".yaml" appended when missing), else a shipped config's name."""
+    path = Path(name_or_path)
+    candidates = [path] if path.suffix in (".yaml", ".yml") else [path, path.with_name(path.name + ".yaml")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    shipped = CONFIG_DIR / (path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml")
+    if len(path.parts) == 1 and shipped.is_file():
+        return shipped
+    raise SplitPluginError(f"no such hyperparameter file {str(name_or_path)!r}: not a YAML path, nor one of the "
+                           f"shipped configs {shipped_configs()}")
 

@@ -1,61 +1,104 @@
-"""Log-odds metrics for any EasyEdit method, next to the host's own.
+"""Log-odds metrics for every EasyEdit method, next to the host's own, in the host's format.
 
-For each case, with the pair (prompt; target_new vs target_neg, else ground_truth):
-- `pref_log_odds` = log P(target_new | prompt) - log P(negative | prompt)   (sequence sums)
+For each case, scored teacher-forced in the format the host evaluates (`prompt + " " + answer`,
+through the chat template when the hyperparameters set `use_chat_template`), with sequence
+sums of log-probabilities:
+- `pref_log_odds` = log P(target_new | prompt) - log P(negative | prompt), the negative being
+  target_neg, else ground_truth; `pref_acc` = 1.0 if it is > 0 else 0.0
 - `util_log_odds` = log[(p_new + p_neg) / (1 - p_new - p_neg)]; NaN where undefined
-- `pref_acc`      = 1.0 if pref_log_odds > 0 else 0.0
-The model is scored as it is at the call: inside the host's evaluation that is the unedited
-model ("pre") and the edited one ("post": for SPLIT, hooked at the trained multiplier). The
-answers are formatted as SPLIT trains them (the tokenizer's chat template when it has one).
+- `rephrase_pref_log_odds` / `rephrase_pref_acc`: the same on the rephrase prompt(s)
+  (generalisation)
+- `locality_log_odds` = log P(locality answer | locality prompt) - log P(target_new | locality
+  prompt), averaged over locality prompts; `locality_pref_acc` the share > 0 (specificity:
+  the edit must not leak there)
 Without a negative answer `pref_*` are NaN and `util_log_odds` is the positive's log-odds.
 
-`enable_log_odds_metrics()` wraps the host's `compute_edit_quality` (as BaseEditor calls it)
-so the per-case `pre`/`post` dicts gain these keys; `summarize()` averages host and our
-metrics; on the git version the host's `summary_metrics` also prints our means.
+`install()` makes the host's evaluation add these keys (and, on the git version, a
+`metric_meta` entry each) and replaces the host's `summary_metrics` with ours, which prints
+and writes the same summary with our keys in it.
 """
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
+import sys
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..data import encode_pairs
+from ..data import ContrastivePair, encode_pairs
+from ..fileio import atomic_write_text
 from ..objectives import AnswerTokens, preference_log_odds, sequence_logprobs, utility_log_odds
 from .apply import requests_to_pairs
 
 METRIC_KEYS = ("pref_log_odds", "util_log_odds", "pref_acc")
-HOST_KEYS = ("rewrite_acc", "rephrase_acc", "rewrite_ppl")
-ALL_METHODS = "all"
-
-_enabled: set[str] = {"SPLIT"}
-_all_methods = False
+REPHRASE_KEYS = ("rephrase_pref_log_odds", "rephrase_pref_acc")
+LOCALITY_KEYS = ("locality_log_odds", "locality_pref_acc")
+ALL_KEYS = METRIC_KEYS + REPHRASE_KEYS + LOCALITY_KEYS
+HOST_KEYS = ("rewrite_acc", "rephrase_acc", "rewrite_ppl", "ood_acc")
+#: the git version's metric_meta protocol of our keys
+PROTOCOL = "teacher_forcing_sequence_log_odds"
 
 
 # -- computing -------------------------------------------------------------------------------------------
+def host_format(hparams: Any) -> str:
+    """The data.PROMPT_FORMATS entry the host scores in for these hyperparameters."""
+    return "chat_plain" if getattr(hparams, "use_chat_template", False) else "plain"
+
+
+def _texts(value: Any) -> list[str]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in values if isinstance(v, str) and v.strip()]
+
+
+def _log_probs(model: torch.nn.Module, tok: Any, pairs: list[ContrastivePair], fmt: str,
+               max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probabilities of each pair's positive and negative answer."""
+    batch = encode_pairs(tok, pairs, max_length=max_length, padding_side="right", prompt_format=fmt)
+    batch = batch.to(next(model.parameters()).device)
+    tokens = AnswerTokens.from_labels(batch.labels)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    logits = out.logits if hasattr(out, "logits") else out
+    lp = sequence_logprobs(logits[tokens.rows, tokens.positions].float(), tokens)
+    return lp[0::2], lp[1::2]
+
+
+def _mean_pref(lp_pos: torch.Tensor, lp_neg: torch.Tensor) -> tuple[float, float]:
+    pref = preference_log_odds(lp_pos, lp_neg)
+    return pref.mean().item(), (pref > 0).float().mean().item()
+
+
 @torch.no_grad()
 def log_odds_metrics(model: torch.nn.Module, tok: Any, record: Mapping, hparams: Any = None) -> dict[str, float]:
-    """The three metrics for one request on the model as it is now (hooks included)."""
-    pairs, missing = requests_to_pairs([record])
-    max_length = getattr(hparams, "train_max_length", None) or 256
-    system_prompt = getattr(hparams, "system_prompt", None)
-    batch = encode_pairs(tok, pairs, max_length=max_length, padding_side="right", system_prompt=system_prompt)
-    device = next(model.parameters()).device
-    batch = batch.to(device)
-    tokens = AnswerTokens.from_labels(batch.labels)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    logits = logits.logits if hasattr(logits, "logits") else logits
-    lp = sequence_logprobs(logits[tokens.rows, tokens.positions], tokens)
-    lp_pos, lp_neg = lp[0:1], lp[1:2]
+    """Our metrics for one request on the model as it is now (hooks included)."""
+    fmt, max_length = host_format(hparams), getattr(hparams, "train_max_length", None) or 256
+    (pair,), missing = requests_to_pairs([record])
+    lp_pos, lp_neg = _log_probs(model, tok, [pair], fmt, max_length)
     if missing:
         util = utility_log_odds(lp_pos, torch.full_like(lp_neg, -math.inf)).item()
-        return {"pref_log_odds": math.nan, "util_log_odds": util, "pref_acc": math.nan}
-    pref = preference_log_odds(lp_pos, lp_neg).item()
-    return {"pref_log_odds": pref, "util_log_odds": utility_log_odds(lp_pos, lp_neg).item(),
-            "pref_acc": float(pref > 0)}
+        out = {"pref_log_odds": math.nan, "util_log_odds": util, "pref_acc": math.nan}
+    else:
+        pref, acc = _mean_pref(lp_pos, lp_neg)
+        out = {"pref_log_odds": pref, "util_log_odds": utility_log_odds(lp_pos, lp_neg).item(), "pref_acc": acc}
+    rephrases = _texts(record.get("rephrase_prompt"))
+    if rephrases and not missing:
+        pairs = [ContrastivePair(question=q, positive=pair.positive, negative=pair.negative) for q in rephrases]
+        out["rephrase_pref_log_odds"], out["rephrase_pref_acc"] = _mean_pref(
+            *_log_probs(model, tok, pairs, fmt, max_length))
+    pairs = []
+    for section in (record.get("locality") or {}).values():
+        if not isinstance(section, Mapping):
+            continue
+        for prompt, answer in zip(_texts(section.get("prompt")), _texts(section.get("ground_truth"))):
+            if answer.strip() != pair.positive.strip():
+                pairs.append(ContrastivePair(question=prompt, positive=answer, negative=pair.positive))
+    if pairs:
+        out["locality_log_odds"], out["locality_pref_acc"] = _mean_pref(*_log_probs(model, tok, pairs, fmt, max_length))
+    return out
 
 
 def add_log_odds_metrics(metrics: Sequence[dict], model: torch.nn.Module, tok: Any,
@@ -74,90 +117,125 @@ def add_log_odds_metrics(metrics: Sequence[dict], model: torch.nn.Module, tok: A
     return metrics
 
 
-# -- wrapping the host's evaluation ------------------------------------------------------------------------
-def _wants(hparams: Any) -> bool:
-    name = getattr(hparams, "alg_name", None)
-    if name == "SPLIT":
-        return bool(getattr(hparams, "log_odds_metrics", True))
-    return _all_methods or name in _enabled
+def _attach_meta(result: dict, hparams: Any) -> None:
+    """A metric_meta entry per key we added, where the host keeps metric_meta (git version)."""
+    module = sys.modules.get("easyeditor.evaluate.metric_meta")
+    attach = getattr(module, "attach_metric_meta", None)
+    if attach is None:
+        return
+    group = f"lm.{host_format(hparams)}.{PROTOCOL}"
+    for key in ALL_KEYS:
+        if key in result:
+            attach(result, f"log_odds.{key}", {"result_key": key, "protocol": PROTOCOL,
+                                               "scorer": "log_odds", "comparable_group": group})
 
 
+# -- inside the host's evaluation -----------------------------------------------------------------------------
 def wrap_compute_edit_quality(original):
-    """The host's compute_edit_quality, plus our metrics for the methods enabled."""
+    """The host's compute_edit_quality, plus our metrics for every method (SPLIT: if log_odds_metrics)."""
     if getattr(original, "__split_plugin_wrapped__", None) is not None:
         return original
 
     @functools.wraps(original)
     def compute_edit_quality(model, model_name, hparams, tok, record, device, *args, **kwargs):
         result = original(model, model_name, hparams, tok, record, device, *args, **kwargs)
-        if isinstance(result, dict) and _wants(hparams) and model is not None:
-            try:
-                result.update(log_odds_metrics(model, tok, record, hparams))
-            except Exception as exc:  # never break another method's evaluation
-                if getattr(hparams, "alg_name", None) == "SPLIT":
-                    raise
-                warnings.warn(f"log-odds metrics skipped for {getattr(hparams, 'alg_name', '?')}: {exc}",
-                              stacklevel=2)
+        is_split = getattr(hparams, "alg_name", None) == "SPLIT"
+        if not isinstance(result, dict) or model is None or (is_split and not getattr(hparams, "log_odds_metrics", True)):
+            return result
+        try:
+            result.update(log_odds_metrics(model, tok, record, hparams))
+        except Exception as exc:  # never break another method's evaluation
+            if is_split:
+                raise
+            warnings.warn(f"log-odds metrics skipped for {getattr(hparams, 'alg_name', '?')}: {exc}", stacklevel=2)
+            return result
+        _attach_meta(result, hparams)
         return result
 
     compute_edit_quality.__split_plugin_wrapped__ = original
     return compute_edit_quality
 
 
-def wrap_summary_metrics(original):
-    """The git version's summary_metrics, also printing the means of our metrics."""
-    if getattr(original, "__split_plugin_wrapped__", None) is not None:
-        return original
+def summary_metrics(all_metrics: Sequence[dict] | dict, logs_dir: str = "./logs") -> dict[str, Any]:
+    """The host's summary with our keys: writes `logs_dir/results.json`, prints and returns the means.
 
-    @functools.wraps(original)
-    def summary_metrics(all_metrics, *args, **kwargs):
-        result = original(all_metrics, *args, **kwargs)
-        ours = summarize(all_metrics, host_keys=False, print_table=False)
-        if any(ours[p] for p in ("pre", "post")):
-            print("Log-odds Summary (split_plugin): ", {p: ours[p] for p in ("pre", "post")})
-        return result
-
-    summary_metrics.__split_plugin_wrapped__ = original
-    return summary_metrics
-
-
-def install(editor_module: Any) -> None:
-    """Wrap the evaluation functions BaseEditor's module calls (idempotent)."""
-    if hasattr(editor_module, "compute_edit_quality"):
-        editor_module.compute_edit_quality = wrap_compute_edit_quality(editor_module.compute_edit_quality)
-    if hasattr(editor_module, "summary_metrics"):
-        editor_module.summary_metrics = wrap_summary_metrics(editor_module.summary_metrics)
+    Means per phase of the host's keys (rewrite_acc, rephrase_acc, rewrite_ppl, ood_acc, each
+    locality / portability `*_acc`) and ours, as `summarize()` computes them; on the git version
+    also its metric-protocol summary, as the host's own summary_metrics reports it.
+    """
+    if isinstance(all_metrics, dict):
+        all_metrics = [all_metrics]
+    os.makedirs(logs_dir, exist_ok=True)
+    atomic_write_text(os.path.join(logs_dir, "results.json"),
+                      json.dumps(all_metrics, ensure_ascii=False, indent=4, default=_json_default))
+    summary = summarize(all_metrics, print_table=False)
+    means: dict[str, Any] = {phase: summary[phase] for phase in ("pre", "post")}
+    protocols = getattr(sys.modules.get("easyeditor.editors.utils"), "get_metric_protocol_summary", None)
+    if protocols is not None and protocols(all_metrics):
+        means["metric_protocols"] = protocols(all_metrics)
+        print("Metric Protocol Summary: ", means["metric_protocols"])
+    print("Metrics Summary: ", means)
+    return means
 
 
-def uninstall(editor_module: Any) -> None:
-    for name in ("compute_edit_quality", "summary_metrics"):
-        fn = getattr(editor_module, name, None)
-        original = getattr(fn, "__split_plugin_wrapped__", None)
-        if original is not None:
-            setattr(editor_module, name, original)
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.tolist() if hasattr(value, "tolist") else value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
 
 
-def enable_log_odds_metrics(methods: str | Iterable[str] = ALL_METHODS) -> None:
-    """Add our metrics to the host's evaluation of other methods too ("all", or names like "FT")."""
-    global _all_methods
-    if isinstance(methods, str):
-        if methods == ALL_METHODS:
-            _all_methods = True
-            return
-        methods = [methods]
-    _enabled.update(methods)
+def install() -> int:
+    """Point the imported host at our evaluation wrappers (idempotent); returns how many names moved.
+
+    Every `easyeditor.*` module that holds the host's `compute_edit_quality` gets the wrapper,
+    and every one that holds its `summary_metrics` (the editor module, `easyeditor` itself for
+    `from easyeditor import summary_metrics`, ...) gets ours; `uninstall()` puts them back.
+    """
+    originals: dict[str, Any] = {}
+    for module in _host_modules():
+        for name in ("compute_edit_quality", "summary_metrics"):
+            fn = module.__dict__.get(name)
+            if callable(fn):
+                originals.setdefault(name, getattr(fn, "__split_plugin_wrapped__", fn))
+    replacements = {}
+    if "compute_edit_quality" in originals:
+        replacements["compute_edit_quality"] = wrap_compute_edit_quality(originals["compute_edit_quality"])
+    if "summary_metrics" in originals:
+        ours = functools.wraps(originals["summary_metrics"])(lambda all_metrics, *a, **k: summary_metrics(all_metrics))
+        ours.__split_plugin_wrapped__ = originals["summary_metrics"]
+        replacements["summary_metrics"] = ours
+    return _rebind(originals, replacements)
 
 
-def disable_log_odds_metrics(methods: str | Iterable[str] = ALL_METHODS) -> None:
-    """Stop adding our metrics for other methods (SPLIT follows its `log_odds_metrics` field)."""
-    global _all_methods
-    if isinstance(methods, str):
-        if methods == ALL_METHODS:
-            _all_methods = False
-            _enabled.intersection_update({"SPLIT"})
-            return
-        methods = [methods]
-    _enabled.difference_update(set(methods) - {"SPLIT"})
+def uninstall() -> int:
+    """Give the host its own evaluation functions back."""
+    originals = {}
+    for module in _host_modules():
+        for name in ("compute_edit_quality", "summary_metrics"):
+            original = getattr(module.__dict__.get(name), "__split_plugin_wrapped__", None)
+            if original is not None:
+                originals[name] = original
+    return _rebind({}, originals)
+
+
+def _host_modules() -> list:
+    return [m for name, m in list(sys.modules.items())
+            if m is not None and (name == "easyeditor" or name.startswith("easyeditor."))]
+
+
+def _rebind(originals: Mapping[str, Any], replacements: Mapping[str, Any]) -> int:
+    """Replace, in every host module, the original function (or any wrapper of it) by the replacement."""
+    moved = 0
+    for module in _host_modules():
+        for name, new in replacements.items():
+            current = module.__dict__.get(name)
+            base = getattr(current, "__split_plugin_wrapped__", current)
+            if current is not None and current is not new and base is getattr(new, "__split_plugin_wrapped__", new):
+                setattr(module, name, new)
+                moved += 1
+    return moved
 
 
 # -- summaries -------------------------------------------------------------------------------------------
@@ -176,10 +254,10 @@ def summarize(metrics: Sequence[dict] | dict, host_keys: bool = True, print_tabl
               title: str | None = None) -> dict[str, Any]:
     """Means over cases of the host's metrics and ours, per phase ("pre", "post").
 
-    Host metrics: rewrite_acc, rephrase_acc, rewrite_ppl and every `*_acc` under locality /
-    portability (as `locality.<key>`). Ours: the means of pref_log_odds, util_log_odds and
-    pref_acc over cases where they are defined, and `util_undefined`, the count of cases
-    whose utility log-odds is undefined (the two answers hold >= all probability mass).
+    Host metrics: rewrite_acc, rephrase_acc, rewrite_ppl, ood_acc and every `*_acc` under
+    locality / portability (as `locality.<key>`). Ours: the means of our keys over cases where
+    they are defined, and `util_undefined`, the count of cases whose utility log-odds is
+    undefined (the two answers hold >= all probability mass).
     """
     if isinstance(metrics, dict):
         metrics = [metrics]
@@ -197,7 +275,7 @@ def summarize(metrics: Sequence[dict] | dict, host_keys: bool = True, print_tabl
                 for key in keys:
                     values = [c[section][key] for c in cases if key in (c.get(section) or {})]
                     phase_out[f"{section}.{key}"] = _mean(values)
-        for key in METRIC_KEYS:
+        for key in ALL_KEYS:
             values = [c[key] for c in cases if key in c]
             if values:
                 phase_out[key] = _mean(values)
