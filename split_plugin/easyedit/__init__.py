@@ -108,6 +108,8 @@ def register(host: HostModules | None = None) -> HostInfo:
     """
     modules = host or load_host_modules()
     info = detect_host(modules)
+    if host is None and "easyeditor.models.split" in sys.modules:
+        return info  # this EasyEdit has SPLIT built in (split_plugin.easyedit.contrib): nothing to patch
     registry = modules.alg_dict.ALG_DICT
     registry[ALG_NAME] = apply_split_to_model
     editor_registry = getattr(modules.editor, "ALG_DICT", None)

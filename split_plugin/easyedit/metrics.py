@@ -118,16 +118,19 @@ def add_log_odds_metrics(metrics: Sequence[dict], model: torch.nn.Module, tok: A
 
 
 def _attach_meta(result: dict, hparams: Any) -> None:
-    """A metric_meta entry per key we added, where the host keeps metric_meta (git version)."""
-    module = sys.modules.get("easyeditor.evaluate.metric_meta")
-    attach = getattr(module, "attach_metric_meta", None)
-    if attach is None:
-        return
-    group = f"lm.{host_format(hparams)}.{PROTOCOL}"
-    for key in ALL_KEYS:
-        if key in result:
-            attach(result, f"log_odds.{key}", {"result_key": key, "protocol": PROTOCOL,
-                                               "scorer": "log_odds", "comparable_group": group})
+    """One metric_meta entry, "log_odds", for the keys we added, where the host keeps metric_meta (git)."""
+    attach = getattr(sys.modules.get("easyeditor.evaluate.metric_meta"), "attach_metric_meta", None)
+    keys = [key for key in ALL_KEYS if key in result]
+    if attach is not None and keys:
+        attach(result, "log_odds", {"result_key": ",".join(keys), "protocol": PROTOCOL, "scorer": "log_odds",
+                                    "comparable_group": f"lm.{host_format(hparams)}.{PROTOCOL}"})
+
+
+def add_log_odds_to_result(result: dict, model: torch.nn.Module, tok: Any, record: Mapping, hparams: Any) -> dict:
+    """Add our metrics to one compute_edit_quality result, with their metric_meta (git version)."""
+    result.update(log_odds_metrics(model, tok, record, hparams))
+    _attach_meta(result, hparams)
+    return result
 
 
 # -- inside the host's evaluation -----------------------------------------------------------------------------
@@ -143,13 +146,11 @@ def wrap_compute_edit_quality(original):
         if not isinstance(result, dict) or model is None or (is_split and not getattr(hparams, "log_odds_metrics", True)):
             return result
         try:
-            result.update(log_odds_metrics(model, tok, record, hparams))
+            add_log_odds_to_result(result, model, tok, record, hparams)
         except Exception as exc:  # never break another method's evaluation
             if is_split:
                 raise
             warnings.warn(f"log-odds metrics skipped for {getattr(hparams, 'alg_name', '?')}: {exc}", stacklevel=2)
-            return result
-        _attach_meta(result, hparams)
         return result
 
     compute_edit_quality.__split_plugin_wrapped__ = original
