@@ -104,7 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("sweep", help="preference/utility log-odds over multipliers, with fits and plots")
         add_sweep_arguments(p)
         p.set_defaults(func=run_sweep_command)
+    _add_easyedit_contrib(sub)
     return parser
+
+
+def _add_easyedit_contrib(sub) -> None:
+    """`split-steer easyedit-contrib DIR`: python -m split_plugin.easyedit.contrib DIR."""
+    p = sub.add_parser("easyedit-contrib", help="write SPLIT into an EasyEdit checkout as an upstream PR")
+    p.add_argument("easyedit", help="the EasyEdit checkout (the folder holding easyeditor/)")
+
+    def run(args: argparse.Namespace) -> None:
+        from .easyedit.contrib import write_contribution
+
+        changed = write_contribution(args.easyedit)
+        print("\n".join(changed) if changed else "nothing to change: the contribution is already there")
+
+    p.set_defaults(func=run)
 
 
 def one_line(exc: BaseException) -> str:

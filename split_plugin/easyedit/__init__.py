@@ -15,6 +15,7 @@ code inside `cpu_fallback()` (it hard-codes `cuda:{device}`; with the git versio
 """
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -103,6 +104,7 @@ def register(host: HostModules | None = None) -> HostInfo:
       by calling weights_copy()
     - points the host's compute_edit_quality at a wrapper adding our metrics for every method,
       and its summary_metrics (git version) at ours, which reports our keys too
+    - stops the editor's log lines from reaching the root logger too (they printed twice)
     `host` defaults to the installed easyeditor; tests pass small fakes (whose evaluation
     functions are left alone).
     """
@@ -120,6 +122,9 @@ def register(host: HostModules | None = None) -> HostInfo:
         info.callable_restore_algs.add(ALG_NAME)
     if host is None:
         _metrics.install()
+        # BaseEditor adds its own stream handler to this logger and the host's basicConfig one to
+        # the root logger: without this, every INFO line of the host prints twice
+        logging.getLogger(modules.editor.__name__).propagate = False
     return info
 
 

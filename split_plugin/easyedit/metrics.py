@@ -187,56 +187,56 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _wrap_summary_metrics(original):
+    """Our summary_metrics in place of the host's (which stays reachable as __split_plugin_wrapped__)."""
+    @functools.wraps(original)
+    def wrapper(all_metrics, *args, **kwargs):
+        return summary_metrics(all_metrics)
+
+    wrapper.__split_plugin_wrapped__ = original
+    return wrapper
+
+
+WRAPPERS = {"compute_edit_quality": wrap_compute_edit_quality, "summary_metrics": _wrap_summary_metrics}
+
+
 def install() -> int:
     """Point the imported host at our evaluation wrappers (idempotent); returns how many names moved.
 
     Every `easyeditor.*` module that holds the host's `compute_edit_quality` gets the wrapper,
     and every one that holds its `summary_metrics` (the editor module, `easyeditor` itself for
-    `from easyeditor import summary_metrics`, ...) gets ours; `uninstall()` puts them back.
+    `from easyeditor import summary_metrics`, ...) gets ours; one wrapper per host function,
+    kept on that function. `uninstall()` puts the host's own back.
     """
-    originals: dict[str, Any] = {}
+    moved = 0
     for module in _host_modules():
-        for name in ("compute_edit_quality", "summary_metrics"):
-            fn = module.__dict__.get(name)
-            if callable(fn):
-                originals.setdefault(name, getattr(fn, "__split_plugin_wrapped__", fn))
-    replacements = {}
-    if "compute_edit_quality" in originals:
-        replacements["compute_edit_quality"] = wrap_compute_edit_quality(originals["compute_edit_quality"])
-    if "summary_metrics" in originals:
-        ours = functools.wraps(originals["summary_metrics"])(lambda all_metrics, *a, **k: summary_metrics(all_metrics))
-        ours.__split_plugin_wrapped__ = originals["summary_metrics"]
-        replacements["summary_metrics"] = ours
-    return _rebind(originals, replacements)
+        for name, make in WRAPPERS.items():
+            current = module.__dict__.get(name)
+            if not callable(current) or hasattr(current, "__split_plugin_wrapped__"):
+                continue
+            wrapper = getattr(current, "__split_plugin_wrapper__", None)
+            if wrapper is None:
+                wrapper = current.__split_plugin_wrapper__ = make(current)
+            setattr(module, name, wrapper)
+            moved += 1
+    return moved
 
 
 def uninstall() -> int:
-    """Give the host its own evaluation functions back."""
-    originals = {}
+    """Give the host its own evaluation functions back; returns how many names moved."""
+    moved = 0
     for module in _host_modules():
-        for name in ("compute_edit_quality", "summary_metrics"):
+        for name in WRAPPERS:
             original = getattr(module.__dict__.get(name), "__split_plugin_wrapped__", None)
             if original is not None:
-                originals[name] = original
-    return _rebind({}, originals)
+                setattr(module, name, original)
+                moved += 1
+    return moved
 
 
 def _host_modules() -> list:
     return [m for name, m in list(sys.modules.items())
             if m is not None and (name == "easyeditor" or name.startswith("easyeditor."))]
-
-
-def _rebind(originals: Mapping[str, Any], replacements: Mapping[str, Any]) -> int:
-    """Replace, in every host module, the original function (or any wrapper of it) by the replacement."""
-    moved = 0
-    for module in _host_modules():
-        for name, new in replacements.items():
-            current = module.__dict__.get(name)
-            base = getattr(current, "__split_plugin_wrapped__", current)
-            if current is not None and current is not new and base is getattr(new, "__split_plugin_wrapped__", new):
-                setattr(module, name, new)
-                moved += 1
-    return moved
 
 
 # -- summaries -------------------------------------------------------------------------------------------
