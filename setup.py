@@ -18,7 +18,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["split_plugin", "split_plugin.*"]),
     package_data={"split_plugin": ["datasets/*.md", "datasets/*.txt", "datasets/*/*.jsonl",
-                                 "presets/*/*.yaml"]},
+                                 "presets/*/*.yaml", "easyedit/configs/*.yaml"]},
     include_package_data=True,
     install_requires=[
         # torch is pinned by the README's set-up (CPU build); any torch >= 2.4 works here.

@@ -9,7 +9,6 @@ host's usual API. Works with the PyPI wheel and with the EasyEdit repository's e
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
@@ -20,7 +19,7 @@ from easyeditor import BaseEditor  # noqa: E402  (after the adapter)
 
 from split_plugin.data import format_prompt
 
-HPARAMS = Path(__file__).resolve().parents[1] / "hparams" / "SPLIT" / "smollm2-135m-instruct.yaml"
+HPARAMS = "smollm2-135m-instruct"  # a YAML shipped in split_plugin/easyedit/configs/
 
 PROMPTS = ["What is the capital of France?", "Which planet is known as the Red Planet?"]
 TARGET_NEW = ["Rome", "Venus"]
@@ -38,7 +37,7 @@ def generate(model, tok, question: str, max_new_tokens: int = 12) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hparams", default=str(HPARAMS), help="a SPLIT hyperparameter YAML")
+    parser.add_argument("--hparams", default=str(HPARAMS), help="a SPLIT hyperparameter YAML path, or a shipped one's name")
     args = parser.parse_args()
 
     hparams = SPLITHyperParams.from_hparams(args.hparams)
