@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import sys
 import time
-from pathlib import Path
 
 # the adapter first: it imports easyeditor (tolerating missing multimodal packages) and registers SPLIT
 from split_plugin.easyedit import (

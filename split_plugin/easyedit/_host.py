@@ -218,7 +218,7 @@ GIT_MODEL_KEYWORDS = WHEEL_MODEL_KEYWORDS + ("qwen2", "qwen3", "qwen", "mistral"
 
 def imported_host_model_keywords() -> tuple[str, ...]:
     """The model-name keywords of the easyeditor already imported (the wheel's when none is)."""
-    return GIT_MODEL_KEYWORDS if "sequential_edit" in _imported_edit_params() else WHEEL_MODEL_KEYWORDS
+    return GIT_MODEL_KEYWORDS if "sequential_edit" in imported_edit_params() else WHEEL_MODEL_KEYWORDS
 
 
 @dataclass(frozen=True)
@@ -301,7 +301,7 @@ def cpu_fallback(force: bool = False) -> Iterator[bool]:
     or the imported host is the git version (that takes `device: cpu`), unless `force=True`.
     Yields whether the redirect is active.
     """
-    if not force and (torch.cuda.is_available() or "sequential_edit" in _imported_edit_params()):
+    if not force and (torch.cuda.is_available() or "sequential_edit" in imported_edit_params()):
         yield False
         return
     with _CudaToCpu():
@@ -319,7 +319,7 @@ def outside_cpu_fallback() -> Iterator[None]:
         yield
 
 
-def _imported_edit_params() -> tuple[str, ...]:
+def imported_edit_params() -> tuple[str, ...]:
     """BaseEditor.edit's parameter names in the easyeditor already imported (none if not imported)."""
     editor = sys.modules.get("easyeditor.editors.editor")
     edit = getattr(getattr(editor, "BaseEditor", None), "edit", None)

@@ -24,7 +24,7 @@ import dataclasses
 import difflib
 import math
 import re
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -32,7 +32,7 @@ import torch
 
 from ..config import TrainConfig, _check_types, default_factors, load_yaml
 from ..errors import SplitPluginError
-from ._host import imported_host_model_keywords
+from ._host import imported_edit_params, imported_host_model_keywords
 
 ALG_NAME = "SPLIT"
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
@@ -322,9 +322,11 @@ SPLITHyperParams.__doc__ = _SPLITHyperParamsBase.__doc__
 
 
 def resolve_device(device: Any) -> Any:
-    """`auto` -> 0 (cuda:0) when CUDA is available, else "cpu"; anything else unchanged."""
+    """`auto` -> 0 (cuda:0) with CUDA or the PyPI wheel (it takes only an index; on a CPU machine
+    `cpu_fallback()` redirects it), else "cpu"; anything else unchanged."""
     if isinstance(device, str) and device.strip().lower() == "auto":
-        return 0 if torch.cuda.is_available() else "cpu"
+        wheel = "keep_original_weight" in imported_edit_params()
+        return 0 if torch.cuda.is_available() or wheel else "cpu"
     return device
 
 
