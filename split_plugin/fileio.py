@@ -11,6 +11,29 @@ from typing import Iterable, Iterator
 from .errors import SplitPluginError
 
 
+def _umask_mode(full: int) -> int:
+    """`full` (0o666 for files, 0o777 for folders) less the process umask: what open/mkdir would give.
+
+    Temporary files and folders are created private (0600 / 0700); they get this mode before
+    they are renamed into place, so colleagues read a report as they would any other file.
+    """
+    mask = os.umask(0)  # the only portable way to read the umask is to set it
+    os.umask(mask)
+    return full & ~mask
+
+
+def _publish_modes(folder: Path) -> None:
+    """Give a temporary folder and everything in it the umask's modes (some writers, e.g.
+    safetensors, create private files)."""
+    file_mode, dir_mode = _umask_mode(0o666), _umask_mode(0o777)
+    os.chmod(folder, dir_mode)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), dir_mode)
+        for name in files:
+            os.chmod(os.path.join(root, name), file_mode)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path next to `path`; rename it into place only if the block succeeds."""
@@ -22,6 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _umask_mode(0o666))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -66,6 +90,7 @@ def atomic_dir(path: str | os.PathLike, owned: Iterable[str] | None = None,
     try:
         yield tmp
         check_replaceable(path, owned, what)
+        _publish_modes(tmp)
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
