@@ -40,6 +40,7 @@ class InterventionConfig:
     dropout: float = 0.0
     model_type: str | None = None
     concept: str | None = None
+    trained_range: list[float] | None = None  # [lowest, highest] |m| training used (None: untrained, e.g. CAA)
     version: str = __version__
 
     def __post_init__(self) -> None:
@@ -58,6 +59,11 @@ class InterventionConfig:
         for name in ("model_type", "concept"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise SplitPluginError(f"{name} must be a string or None, got {getattr(self, name)!r}")
+        if self.trained_range is not None and not (
+                isinstance(self.trained_range, (list, tuple)) and len(self.trained_range) == 2
+                and all(_is_number(v) and 0 < v < math.inf for v in self.trained_range)
+                and self.trained_range[0] <= self.trained_range[1]):
+            raise SplitPluginError(f"trained_range must be [low, high] with 0 < low <= high, got {self.trained_range!r}")
         if self.form != "vector" and not self.intermediate_size:
             raise SplitPluginError(f"the {self.form} form needs intermediate_size (the down "
                                    "projection's input width)")
@@ -360,7 +366,8 @@ def _check_fits(intervention: Intervention, layout: ModelLayout) -> None:
             f"this {c.form} intervention was made for hidden size {c.hidden_size}"
             + (f" and intermediate size {c.intermediate_size}" if c.form != "vector" else "")
             + f" (model type {c.model_type}), but layer {c.layer} of this {layout.model_type} "
-            f"model has {d_out} and {d_in}; load it onto the model it was trained for"
+            f"model has hidden size {d_out} and intermediate size {d_in}; load it onto the model "
+            "it was trained for"
         )
     if c.model_type and _family(c.model_type) != _family(layout.model_type):
         raise SplitPluginError(

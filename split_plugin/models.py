@@ -463,6 +463,7 @@ def _offline_message(model_id: str) -> str:
     """The error text for a hub id that cannot be fetched offline, with the two ways out."""
     return (f"{model_id!r} is not a local folder and the Hugging Face hub id could not be fetched offline "
             "(HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set or the hub is unreachable, and it is not in the "
-            f"local HF cache). Download it on a connected machine with `huggingface-cli download {model_id} "
-            "--local-dir DIR`, copy DIR here and pass DIR, or use load_default_model() for the embedded "
+            f"local HF cache). Download it on a connected machine with `hf download {model_id} "
+            "--local-dir DIR` (huggingface_hub's CLI; releases before 0.34 call it `huggingface-cli "
+            "download`), copy DIR here and pass DIR, or use load_default_model() for the embedded "
             "SmolLM2-135M-Instruct.")

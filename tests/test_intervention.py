@@ -178,5 +178,5 @@ def test_bad_construction_messages(kwargs, message):
 
 def test_intervention_from_another_shape_is_refused():
     iv = make(tiny_model("llama"), "local_weight")
-    with pytest.raises(SplitPluginError, match="intermediate size 48.*has 32 and 128"):
+    with pytest.raises(SplitPluginError, match="intermediate size 48.*has hidden size 32 and intermediate size 128"):
         iv.apply(tiny_model("gpt2"))

@@ -328,7 +328,7 @@ def test_offline_hub_id_message(var, monkeypatch, no_network):
         models.load_model(model_id)
     message = str(info.value)
     assert "could not be fetched offline" in message
-    assert f"huggingface-cli download {model_id} --local-dir DIR" in message
+    assert f"hf download {model_id} --local-dir DIR" in message
     assert "load_default_model()" in message
 
 

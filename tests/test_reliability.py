@@ -225,8 +225,8 @@ def test_bad_multiplier_is_refused_before_any_hook(bad):
 # an intervention onto a model of another shape or type: apply, fold, sweep --------------------------
 OTHER = [
     # (trained on, applied to, form, message)
-    ("llama", "gpt2", "local_weight", r"intermediate size 48 .*has 32 and 128; load it onto the model"),
-    ("llama", "gpt2", "lora", r"intermediate size 48 .*has 32 and 128"),
+    ("llama", "gpt2", "local_weight", r"intermediate size 48 .*has hidden size 32 and intermediate size 128; load it onto the model"),
+    ("llama", "gpt2", "lora", r"intermediate size 48 .*has hidden size 32 and intermediate size 128"),
     ("llama", "gpt_neox", "vector", r"trained on a llama model, but this model is a gpt_neox"),
     ("qwen2", "llama", "local_weight", r"trained on a qwen2 model, but this model is a llama"),
 ]
