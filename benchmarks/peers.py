@@ -70,7 +70,7 @@ from _markdown import write_section  # noqa: E402
 
 from split_plugin import Intervention, load_default_model, load_heldout_text, sweep  # noqa: E402
 from split_plugin.analysis.result import SweepResult  # noqa: E402
-from split_plugin.data import encode_pairs, encode_texts, format_prompt  # noqa: E402
+from split_plugin.data import HELDOUT_WORDS, encode_pairs, encode_texts, format_prompt  # noqa: E402
 from split_plugin.fileio import atomic_write_text  # noqa: E402
 from split_plugin.layers import resolve_layout  # noqa: E402
 from split_plugin.objectives import AnswerTokens, sequence_logprobs  # noqa: E402
@@ -492,7 +492,7 @@ def report(args, cells: list[dict], methods: list[str], argv: list[str]) -> tupl
              + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".  ",
              f"Model: embedded SmolLM2-135M-Instruct, layer {LAYER}; strengths {strength_sets(cells)} "
              "(|m·delta| / median residual norm; pyreft: median of its input-dependent edit); held-out text: "
-             f"first {quality.HELDOUT_WORDS} words of the bundled prose. Install: `{INSTALL}`.", ""]
+             f"first {HELDOUT_WORDS} words of the bundled prose. Install: `{INSTALL}`.", ""]
     all_stats = {}
     for concept in args.concepts:
         mine = [c for c in cells if c["concept"] == concept]
@@ -602,7 +602,7 @@ def main(argv=None) -> None:
     missing = [m for m in args.methods if m in PEERS and m not in installed_peers()]
     if missing:
         raise SystemExit(f"peer libraries missing for {missing}; install them with: {INSTALL}")
-    text = " ".join(load_heldout_text().split()[:quality.HELDOUT_WORDS])
+    text = load_heldout_text(words=HELDOUT_WORDS)
     qargs = quality_args(args)
     reft = SimpleNamespace(rank=args.reft_rank, epochs=args.reft_epochs, lr=args.reft_lr,
                            batch_size=args.reft_batch_size)

@@ -41,14 +41,13 @@ from tqdm.auto import tqdm
 from _markdown import write_section
 from split_plugin import (Intervention, TrainConfig, import_peft, load_default_model, load_heldout_text,
                           load_pairs, preset_path, sweep, train)
-from split_plugin.data import encode_pairs
+from split_plugin.data import HELDOUT_WORDS, encode_pairs
 from split_plugin.fileio import atomic_write_text
 from split_plugin.strength import edit_ratio, matched_multipliers
 
 STRENGTHS = (0.0, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5)
 BUDGETS = (0.02, 0.05, 0.10)
 VAL_PAIRS = 40
-HELDOUT_WORDS = 400
 #: method name -> (preset, overrides); "LoRA" is plain peft LoRA fine-tuning (see train_peft_lora)
 METHODS = {
     "CAA": ("caa-vector", {}),
@@ -293,7 +292,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_default_model()
-    text = " ".join(load_heldout_text().split()[:HELDOUT_WORDS])
+    text = load_heldout_text(words=HELDOUT_WORDS)
     # seed-major: an interrupted run still covers every concept and method with the seeds it got to
     grid = [(c, m, s) for s in args.seeds for c in args.concepts for m in args.methods]
     cells = []

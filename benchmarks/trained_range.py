@@ -28,6 +28,7 @@ import quality  # noqa: E402  (edit ratios, held-out text length, plain peft LoR
 from _markdown import write_section  # noqa: E402
 
 from split_plugin import TrainConfig, load_default_model, load_heldout_text, load_pairs, preset_path, sweep, train  # noqa: E402
+from split_plugin.data import HELDOUT_WORDS  # noqa: E402
 
 MULTIPLIERS = (0.0, 0.5, 1.0, 2.0)
 #: name -> (preset, overrides); "LoRA (peft)" is quality.py's plain peft fine-tuning at m = 1
@@ -76,7 +77,7 @@ def main(argv=None) -> None:
     model, tokenizer = load_default_model()
     pairs = load_pairs(args.concept, split="train")
     train_pairs, val_pairs = pairs[:-quality.VAL_PAIRS][:args.train_pairs], pairs[-quality.VAL_PAIRS:]
-    text = " ".join(load_heldout_text().split()[:quality.HELDOUT_WORDS])
+    text = load_heldout_text(words=HELDOUT_WORDS)
     lines = [f"Command: `python benchmarks/trained_range.py {' '.join(map(shlex.quote, argv))}`  ",
              f"Date: {date.today().isoformat()}; machine: {os.cpu_count()} cores, {platform.machine()}; "
              f"torch {torch.__version__}; concept {args.concept}, {len(train_pairs)} training pairs, scored on "

@@ -344,25 +344,27 @@ def load_pairs(name_or_path: str | Path, split: str = "train", format: str | Non
 
 
 HELDOUT_PARTS = ("eval", "fit", "all")
+HELDOUT_WORDS = 400  # ~550 tokens: what sweeps measure perplexity on by default (2 cores score it quickly)
 
 
-def load_heldout_text(part: str = "eval") -> str:
+def load_heldout_text(part: str = "eval", words: int | None = None) -> str:
     """The bundled English prose (written for this project) for perplexity and the KL option.
 
     The paragraphs split in two halves so that a utility term never trains on the text that
     measures utility: "eval" (the first half: held-out perplexity), "fit" (the second half:
-    the default text of `kl_weight`), or "all".
+    the default text of `kl_weight`), or "all". `words` keeps the first N words (None: all).
     """
     if part not in HELDOUT_PARTS:
         raise SplitPluginError(f"part must be one of {HELDOUT_PARTS}, got {part!r}")
+    if words is not None and (not isinstance(words, int) or isinstance(words, bool) or words < 1):
+        raise SplitPluginError(f"words must be a positive integer or None (all), got {words!r}")
     text = _read_text(DATASETS_DIR / "heldout.txt")
-    if part == "all":
-        return text
-    paragraphs = [p for p in text.split("\n\n") if p.strip()]
-    counts = [len(p.split()) for p in paragraphs]
-    half = next(i for i in range(len(counts)) if sum(counts[:i + 1]) >= sum(counts) / 2) + 1
-    chosen = paragraphs[:half] if part == "eval" else paragraphs[half:]
-    return "\n\n".join(chosen)
+    if part != "all":
+        paragraphs = [p for p in text.split("\n\n") if p.strip()]
+        counts = [len(p.split()) for p in paragraphs]
+        half = next(i for i in range(len(counts)) if sum(counts[:i + 1]) >= sum(counts) / 2) + 1
+        text = "\n\n".join(paragraphs[:half] if part == "eval" else paragraphs[half:])
+    return text if words is None else " ".join(text.split()[:words])
 
 
 # --------------------------------------------------------------------------- templating

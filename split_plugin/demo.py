@@ -15,7 +15,7 @@ import torch
 
 from .analysis import sweep, write_report
 from .config import TrainConfig
-from .data import load_heldout_text, load_pairs
+from .data import HELDOUT_WORDS, load_heldout_text, load_pairs
 from .fileio import atomic_dir
 from .generate import generate
 from .presets import preset_path
@@ -27,7 +27,6 @@ from .trainer import train
 
 STRENGTHS = (-0.25, 0.0, 0.05, 0.1, 0.25, 0.5)  # |m * delta| / median |h| at the layer
 TABLE_STRENGTHS = (0.0, 0.05, 0.1, 0.25, 0.5)
-HELDOUT_WORDS = 400  # ~550 tokens of held-out prose: a stable perplexity that 2 cores sweep quickly
 TRAIN_PAIRS = 96     # of the 216 bundled training pairs } keep the demo under 10 minutes
 TEST_PAIRS = 48      # of the 64 bundled test pairs       } on 2 CPU cores
 GENERATION_PROMPTS = 3
@@ -133,7 +132,7 @@ def run_demo(out_dir: str | Path = "reports/demo", concept: str = "optimism", qu
     model, tokenizer = model_and_tokenizer or load_default_model()
     train_pairs = load_pairs(concept, split="train", limit=48 if quick else TRAIN_PAIRS)
     test_pairs = load_pairs(concept, split="test", limit=24 if quick else TEST_PAIRS)
-    text = " ".join(load_heldout_text().split()[:HELDOUT_WORDS])
+    text = load_heldout_text(words=HELDOUT_WORDS)
     runs = _train_all(model, tokenizer, train_pairs, form_list, quick, text, layer)
     results = {}
     for run in runs:

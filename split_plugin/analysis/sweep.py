@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import ContrastivePair, encode_pairs, encode_texts, load_heldout_text
+from ..data import HELDOUT_WORDS, ContrastivePair, encode_pairs, encode_texts, load_heldout_text
 from ..errors import SplitPluginError
 from ..forward import Prefix, capture_prefix, run_suffix
 from ..intervention import Intervention
@@ -56,9 +56,9 @@ def _check_inputs(intervention: Intervention, pairs: Sequence[ContrastivePair], 
 
 
 def _heldout(heldout_text: str | bool | None) -> str | None:
-    """True -> the bundled held-out text; a string is used as is; None/False skip perplexity."""
+    """True -> the first HELDOUT_WORDS words of the bundled prose; a string is used as is; None/False skip."""
     if heldout_text is True:
-        return load_heldout_text()
+        return load_heldout_text(words=HELDOUT_WORDS)
     if heldout_text is None or heldout_text is False:
         return None
     if not isinstance(heldout_text, str) or not heldout_text.strip():
@@ -222,7 +222,8 @@ def sweep(model: nn.Module, tokenizer, intervention: Intervention, pairs: Sequen
 
     Per multiplier: answer log-prob sums, PrefOdds, UtilOdds (NaN = undefined, counted),
     accuracy, means/medians with bootstrap 95% CIs over pairs and, with `heldout_text`
-    (True = the bundled text), held-out perplexity and its increase relative to m = 0.
+    (True = the first HELDOUT_WORDS words of the bundled prose; or your own text), held-out
+    perplexity and its increase relative to m = 0.
     `max_rows` caps the rows of one stacked pass (batch rows x multipliers); `pack` scores both
     answers of a pair in one row (the shared prompt runs once; checked against unpacked rows on
     the first batch). The model is left as it was: no hooks, same train/eval mode and
