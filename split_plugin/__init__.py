@@ -8,32 +8,29 @@
 
 Importing this package never imports easyeditor; `import split_plugin.easyedit` does.
 """
-from typing import Any
 
-from .config import TrainConfig
-from .data import ContrastivePair, encode_pairs, list_datasets, load_heldout_text, load_pairs
 from .errors import SplitPluginError
-from .generate import generate
-from .intervention import FORMS, Intervention, InterventionConfig, InterventionHandle
-from .layers import ArchSpec, ModelLayout, resolve_layout
-from .models import load_default_model, load_default_tokenizer, load_model
-from .presets import list_presets, preset_path
-from .serialization import export_peft, import_peft, import_reference
-from .trainer import train
+from .lazy import lazy_attributes
 from .version import __version__
 
-_LAZY = {"sweep": "split_plugin.analysis.sweep", "SweepResult": "split_plugin.analysis.result",
-         "write_report": "split_plugin.analysis.report"}
+# Everything else loads on first use, so `import split_plugin` (and `split-steer --help`) does
+# not pay for torch and transformers until an attribute needs them.
+_LAZY = {  # public name -> the submodule defining it
+    "TrainConfig": "config",
+    "ContrastivePair": "data", "encode_pairs": "data", "list_datasets": "data",
+    "load_heldout_text": "data", "load_pairs": "data",
+    "generate": "generate",
+    "FORMS": "intervention", "Intervention": "intervention", "InterventionConfig": "intervention",
+    "InterventionHandle": "intervention",
+    "ArchSpec": "layers", "ModelLayout": "layers", "resolve_layout": "layers",
+    "load_default_model": "models", "load_default_tokenizer": "models", "load_model": "models",
+    "list_presets": "presets", "preset_path": "presets",
+    "export_peft": "serialization", "import_peft": "serialization", "import_reference": "serialization",
+    "train": "trainer",
+    "sweep": "analysis.sweep", "SweepResult": "analysis.result", "write_report": "analysis.report",
+}
 
-
-def __getattr__(name: str) -> Any:
-    """The analysis API loads on first use (it pulls in scipy and matplotlib)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'split_plugin' has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "FORMS",

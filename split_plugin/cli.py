@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .errors import SplitPluginError
 
@@ -24,8 +23,8 @@ def _train(args: argparse.Namespace) -> None:
 
     check_replaceable(args.out, owned=(CONFIG_NAME, WEIGHTS_NAME), what="saved intervention")
     config = TrainConfig.from_yaml(args.hparams)
-    overrides = {k: v for k, v in (("layer", args.layer), ("method", args.method), ("form", args.form))
-                 if v is not None}
+    overrides = {k: getattr(args, k) for k in ("layer", "method", "form", "epochs", "device")
+                 if getattr(args, k) is not None}
     if overrides:
         config = TrainConfig.from_dict({**config.to_dict(), **overrides}, source=args.hparams)
     # under `accelerate launch` / `torchrun` every process trains on its share of each batch
@@ -44,14 +43,42 @@ def _generate(args: argparse.Namespace) -> None:
     from .generate import generate
     from .intervention import Intervention
 
-    model, tokenizer = _load_model(args.model)
+    prompts = _prompts(args.prompt)
     intervention = Intervention.from_pretrained(args.intervention) if args.intervention else None
-    prompts = args.prompt or [line.strip() for line in sys.stdin if line.strip()]
-    outputs = generate(model, tokenizer, prompts, intervention, multiplier=args.multiplier,
+    multiplier, why = args.multiplier, "given by --multiplier"
+    if multiplier is None and intervention is not None:
+        multiplier, why = default_multiplier(intervention)
+    model, tokenizer = _load_model(args.model)
+    outputs = generate(model, tokenizer, prompts, intervention, multiplier=multiplier or 0.0,
                        max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                        temperature=args.temperature, seed=args.seed)
+    if intervention is not None:
+        print(f"[steered at m = {multiplier:g}: {why}]\n")
     for prompt, text in zip(prompts, outputs):
         print(f"> {prompt}\n{text}\n")
+
+
+def _prompts(given: list[str] | None) -> list[str]:
+    """--prompt values, else non-empty stdin lines; none at all is an error that says what to pass."""
+    if given is not None:
+        prompts = [p for p in given if p.strip()]
+    elif sys.stdin is None or sys.stdin.isatty():
+        prompts = []  # nothing piped in: do not wait for typing
+    else:
+        prompts = [line.strip() for line in sys.stdin if line.strip()]
+    if not prompts:
+        raise SplitPluginError("no prompt to answer: pass --prompt \"...\" (repeatable) or pipe prompts "
+                               "on stdin, one per line")
+    return prompts
+
+
+def default_multiplier(intervention) -> tuple[float, str]:
+    """The strength `generate` uses when none is given, and why: inside the trained range."""
+    trained = intervention.config.trained_range
+    if trained:
+        return float(trained[0]), (f"the lowest strength it was trained at, of {trained[0]:g}..{trained[1]:g}; "
+                                   "--multiplier sets another")
+    return 1.0, "m = 1 adds the intervention as computed (it records no trained range); --multiplier sets another"
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -62,48 +89,53 @@ def _demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="split-steer", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    shown = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}  # every option shows its default
 
-    p = sub.add_parser("train", help="train an intervention and save it")
-    p.add_argument("--hparams", required=True, help="a training YAML, e.g. hparams/smollm2-135m-instruct/split-vector.yaml")
+    p = sub.add_parser("train", help="train an intervention and save it", **shown)
+    p.add_argument("--hparams", required=True,
+                   help="a training YAML, e.g. hparams/smollm2-135m-instruct/split-vector.yaml")
     p.add_argument("--data", required=True, help="a bundled dataset name or a data file")
-    p.add_argument("--split", default="train")
-    p.add_argument("--limit", type=int, default=None, help="use the first N pairs")
+    p.add_argument("--split", default="train", help="which split of a bundled dataset: train or test")
+    p.add_argument("--limit", type=int, default=None, help="use the first N pairs (default: all)")
     p.add_argument("--out", required=True, help="folder for the saved intervention")
     p.add_argument("--model", default="default", help="'default' (embedded SmolLM2) or a local HF folder")
-    p.add_argument("--layer", type=int, default=None)
-    p.add_argument("--method", default=None)
-    p.add_argument("--form", default=None)
+    p.add_argument("--layer", type=int, default=None, help="decoder layer to train at (default: the YAML's)")
+    p.add_argument("--method", default=None, help="training objective: split, sft, reps or caa (default: the YAML's)")
+    p.add_argument("--form", default=None, help="vector, lora or local_weight (default: the YAML's)")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the pairs (default: the YAML's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the YAML's)")
     p.add_argument("--resume", default=None, help="a checkpoint folder to continue from")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("generate", help="generate with an intervention at a multiplier")
+    p = sub.add_parser("generate", help="generate with an intervention at a multiplier", **shown)
     p.add_argument("--intervention", default=None, help="a saved intervention folder (none: unsteered)")
-    p.add_argument("--multiplier", type=float, default=1.0)
-    p.add_argument("--prompt", action="append", help="repeatable; read from stdin when absent")
-    p.add_argument("--model", default="default")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--multiplier", type=float, default=None,
+                   help="steering strength m (default: the lowest strength the intervention was trained "
+                        "at; 1 for CAA)")
+    p.add_argument("--prompt", action="append", help="repeatable; read from stdin (one per line) when absent")
+    p.add_argument("--model", default="default", help="'default' (embedded SmolLM2) or a local HF folder")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per prompt")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (with --sample)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for --sample")
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("demo", help="the main job: CAA, SFT and SPLIT side by side on the embedded model")
-    p.add_argument("--out", default="reports/demo")
+    p = sub.add_parser("demo", help="the main job: CAA, SFT and SPLIT side by side on the embedded model",
+                       **shown)
+    p.add_argument("--out", default="reports/demo", help="report folder (replaced atomically)")
     p.add_argument("--concept", default="optimism",
                    help="a bundled dataset (optimism, power-seeking, self-preservation)")
     p.add_argument("--forms", default="vector", help="comma list of forms for SPLIT (vector,lora,local_weight)")
     p.add_argument("--quick", action="store_true", help="fewer pairs and one epoch (a smoke run)")
     p.set_defaults(func=_demo)
 
-    try:
-        from .analysis.cli import add_sweep_arguments, run_sweep_command
-    except ImportError:  # pragma: no cover - the analysis extra is part of the package
-        pass
-    else:
-        p = sub.add_parser("sweep", help="preference/utility log-odds over multipliers, with fits and plots")
-        add_sweep_arguments(p)
-        p.set_defaults(func=run_sweep_command)
+    from .analysis.cli import add_sweep_arguments, run_sweep_command  # argparse only until it runs
+
+    p = sub.add_parser("sweep", help="preference/utility log-odds over multipliers, with fits and plots",
+                       **shown)
+    add_sweep_arguments(p)
+    p.set_defaults(func=run_sweep_command)
     _add_easyedit_contrib(sub)
     return parser
 

@@ -77,7 +77,10 @@ def train(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair],
             return mean_difference_vector(model, tokenizer, pairs, config, layout)
         with torch.random.fork_rng(devices=_cuda_devices(model)):
             torch.manual_seed(config.seed)  # the lora init depends on the seed, not the caller's RNG
-            return _Trainer(model, tokenizer, pairs, config, layout).run(resume, history)
+            intervention = _Trainer(model, tokenizer, pairs, config, layout).run(resume, history)
+    # the strengths training enforced the preference at: `split-steer generate` defaults inside them
+    intervention.config.trained_range = [min(config.factors), max(config.factors)]
+    return intervention
 
 
 def _check_paths(config: TrainConfig) -> None:

@@ -4,14 +4,20 @@
     result.summary(); result.fit(); result.plot("sweep.png")
     write_report({"SPLIT": result, "CAA": other}, "reports/sweep")
 """
-from .fits import CurveFit, FitResult, decay, detect_phases, fit_curve, fit_curves
-from .manifold import (ManifoldReport, ReferenceCloud, concept_direction, correlate, correlate_reports,
-                       manifold_report, utility_drop)
-from .plots import plot_accuracy_perplexity, plot_frontier, plot_log_odds, plot_off_manifold, plot_sweep
-from .report import verdict, write_report
-from .result import SweepResult
-from .stats import summarize
-from .sweep import sweep
+from ..lazy import lazy_attributes
+
+_LAZY = {  # public name -> the submodule defining it (loaded on first use: scipy, matplotlib)
+    "CurveFit": "fits", "FitResult": "fits", "decay": "fits", "detect_phases": "fits",
+    "fit_curve": "fits", "fit_curves": "fits",
+    "ManifoldReport": "manifold", "ReferenceCloud": "manifold", "concept_direction": "manifold",
+    "correlate": "manifold", "correlate_reports": "manifold", "manifold_report": "manifold",
+    "utility_drop": "manifold",
+    "plot_accuracy_perplexity": "plots", "plot_frontier": "plots", "plot_log_odds": "plots",
+    "plot_off_manifold": "plots", "plot_sweep": "plots",
+    "verdict": "report", "write_report": "report",
+    "SweepResult": "result", "summarize": "stats", "sweep": "sweep",
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "CurveFit",

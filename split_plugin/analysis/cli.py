@@ -8,10 +8,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
-
-import numpy as np
 
 from ..errors import SplitPluginError
 
@@ -27,7 +26,7 @@ def parse_multipliers(text: str) -> list[float]:
             start, stop, step = (float(x) for x in text.split(":"))
             if step <= 0 or stop < start:
                 raise ValueError
-            count = int(np.floor((stop - start) / step + 1e-9)) + 1
+            count = math.floor((stop - start) / step + 1e-9) + 1
             return [round(start + i * step, 10) for i in range(count)]
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -46,22 +45,27 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", action="append", default=None,
                         help="a name per --intervention, in order (default: the folder name)")
     parser.add_argument("--data", required=True, help="a bundled dataset name or a data file")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="which split of a bundled dataset: train or test")
     parser.add_argument("--multipliers", default="-8,-4,-2,0,2,4,8",
                         help="comma list (-8,-4,0,4,8) or inclusive range start:stop:step")
     parser.add_argument("--out", required=True, help="report folder (replaced atomically)")
     parser.add_argument("--model", default="default", help="'default' (embedded SmolLM2) or a local HF folder")
     parser.add_argument("--heldout", action=argparse.BooleanOptionalAction, default=True,
-                        help="measure held-out perplexity on the bundled text (default: on)")
-    parser.add_argument("--manifold", action="store_true", help="also measure off-manifold distances")
-    parser.add_argument("--limit", type=int, default=None, help="use the first N pairs")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--bootstrap", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--system-prompt", default=None)
-    parser.add_argument("--title", default=None)
-    parser.add_argument("--no-progress", action="store_true")
+                        help="measure held-out perplexity on the bundled prose")
+    parser.add_argument("--heldout-words", type=int, default=None,
+                        help="words of the bundled prose that perplexity is measured on (more: steadier, "
+                             "slower; default: 400, split_plugin.data.HELDOUT_WORDS)")
+    parser.add_argument("--manifold", action="store_true",
+                        help="also measure off-manifold distances (slower: one more pass per multiplier)")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N pairs (default: all)")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs scored per forward pass")
+    parser.add_argument("--max-length", type=int, default=256, help="longest tokenized prompt + answer")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap resamples for the 95%% confidence intervals (0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    parser.add_argument("--system-prompt", default=None, help="system prompt put before every question")
+    parser.add_argument("--title", default=None, help="report title (default: the data and split)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def _names(args: argparse.Namespace) -> list[str]:
@@ -96,6 +100,18 @@ def _load_model(name: str):
     return load_default_model() if name in ("default", None) else load_model(name)
 
 
+def _heldout_text(args: argparse.Namespace) -> str | None:
+    """The first --heldout-words words of the bundled prose, or None with --no-heldout."""
+    from ..data import HELDOUT_WORDS, load_heldout_text
+
+    if not args.heldout:
+        return None
+    words = HELDOUT_WORDS if args.heldout_words is None else args.heldout_words
+    if words < 1:
+        raise SplitPluginError(f"--heldout-words must be a positive number of words, got {words}")
+    return load_heldout_text(words=words)
+
+
 def run_sweep_command(args: argparse.Namespace) -> None:
     """Load the model, data and interventions, sweep each, write the report, print the verdict."""
     from ..data import load_pairs
@@ -115,7 +131,7 @@ def run_sweep_command(args: argparse.Namespace) -> None:
               f"{len(multipliers)} multipliers")
         results[name] = sweep(model, tokenizer, intervention, pairs, multipliers,
                               batch_size=args.batch_size, max_length=args.max_length,
-                              heldout_text=True if args.heldout else None,
+                              heldout_text=_heldout_text(args),
                               system_prompt=args.system_prompt, bootstrap=args.bootstrap,
                               seed=args.seed, progress=progress)
         if args.manifold:
@@ -124,5 +140,5 @@ def run_sweep_command(args: argparse.Namespace) -> None:
                                               seed=args.seed, progress=progress)
     title = args.title or f"Sweep on {args.data} ({args.split})"
     out = write_report(results, args.out, manifold=manifolds or None, title=title)
-    print((out / "report.md").read_text(encoding="utf-8").split("\n")[2])
+    print((out / "report.md").read_text(encoding="utf-8").split("\n")[2])  # the verdict line
     print(f"report written to {out}")
