@@ -149,7 +149,7 @@ def plot_frontier(results: Mapping[str, SweepResult], path: str | Path) -> None:
         ax.plot(x, y, marker="o", ms=4, color=_colour(i), label=name)
         for m, xi, yi in zip(result.multipliers, x, y):
             if np.isfinite(xi) and np.isfinite(yi):
-                ax.annotate(f"{m:g}", (xi, yi), textcoords="offset points", xytext=(3, 3),
+                ax.annotate(f"{m:.3g}", (xi, yi), textcoords="offset points", xytext=(3, 3),
                             fontsize=7, color=_colour(i))
     _style(ax, "preference-utility frontier (up and right is better; labels: m)", PREF_LABEL, UTIL_LABEL)
     _save(fig, path)

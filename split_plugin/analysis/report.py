@@ -76,8 +76,8 @@ def verdict(results: Mapping[str, SweepResult]) -> str:
     if not ranked:
         return f"With {budget}, no method has a multiplier within budget (unsteered accuracy {acc0:.0%})."
     acc = ranked[0][0]
-    leaders = [f"{n} (m = {m:g})" for a, n, m in ranked if a == acc]
-    others = "; ".join(f"{n} {a:.0%} (m = {m:g})" for a, n, m in ranked if a != acc)
+    leaders = [f"{n} (m = {m:.3g})" for a, n, m in ranked if a == acc]
+    others = "; ".join(f"{n} {a:.0%} (m = {m:.3g})" for a, n, m in ranked if a != acc)
     lead = (f"{leaders[0]} reaches the highest accuracy, {acc:.0%}" if len(leaders) == 1 else
             f"{' and '.join(leaders)} tie at the highest accuracy, {acc:.0%}")
     return (f"With {budget}, {lead}" + (f", vs {others}" if others else "")
@@ -85,6 +85,15 @@ def verdict(results: Mapping[str, SweepResult]) -> str:
 
 
 # -- Markdown --------------------------------------------------------------------------------
+READING = (
+    "How to read the log-odds: preference log-odds is log P(A+) - log P(A-), how much the model "
+    "prefers the target answer (> 0: it does; accuracy is the share of pairs where it does). Utility "
+    "log-odds is log[(P(A+) + P(A-)) / (1 - P(A+) - P(A-))], how much probability the two answers "
+    "keep at all. For short answers (Yes/No) steering often pushes mass onto the two answers, so "
+    "utility log-odds can *rise* while the model gets worse at everything else; for free-text "
+    "answers both answers are rare sequences and it mostly falls as text degrades. Held-out "
+    "perplexity (generic prose, relative to m = 0) is reported beside it as the direct measure of "
+    "whether the steered model still writes normal text.")
 def _ci(row: dict, key: str, fmt: str = "{:.2f}") -> str:
     value, low, high = row[key], row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
     if not np.isfinite(value):
@@ -101,7 +110,7 @@ def _table(result: SweepResult) -> list[str]:
              "| util undefined | ppl increase |", "|---:|---|---|---|---:|---:|"]
     for row in result.summary_rows:
         ppl = f"{100 * row['ppl_increase']:+.1f}%" if np.isfinite(row["ppl_increase"]) else "n/a"
-        lines.append(f"| {row['multiplier']:g} | {_ci(row, 'accuracy', '{:.2f}')} | {_ci(row, 'pref_mean')} "
+        lines.append(f"| {row['multiplier']:.3g} | {_ci(row, 'accuracy', '{:.2f}')} | {_ci(row, 'pref_mean')} "
                      f"| {_ci(row, 'util_mean')} | {row['util_undefined']}/{row['n_pairs']} | {ppl} |")
     return lines
 
@@ -122,13 +131,13 @@ def _fit_lines(fit: FitResult) -> list[str]:
 
 
 def _span(span) -> str:
-    return "not reached" if not span else f"{span[0]:g} to {span[1]:g}"
+    return "not reached" if not span else f"{span[0]:.3g} to {span[1]:.3g}"
 
 
 def _markdown(title: str, results: Mapping[str, SweepResult], fits: Mapping[str, FitResult],
               sentence: str, correlation: dict | None) -> str:
     """The report's Markdown text."""
-    lines = [f"# {title}", "", sentence, ""]
+    lines = [f"# {title}", "", sentence, "", READING, ""]
     for name, result in results.items():
         meta = result.metadata
         lines += [f"## {name}", "",

@@ -88,8 +88,48 @@ class SweepResult:
         return int(self.metadata.get("n_pairs", 0))
 
     def summary(self) -> list[dict]:
-        """One dict per multiplier (a copy): accuracy, log-odds means/medians with CIs, perplexity."""
-        return [dict(row) for row in self.summary_rows]
+        """One dict per multiplier, ordered by m (a copy); `print(result)` shows them compactly.
+
+        Keys: `multiplier` (m); `accuracy` (share of pairs with P(A+) > P(A-), a fraction in
+        [0, 1]); `pref_*` / `util_*` (preference / utility log-odds in nats: mean, median and
+        their 95% bootstrap CIs, `*_ci_low` / `*_ci_high`); `util_defined` / `util_undefined`
+        (pairs where utility log-odds exists / not); `perplexity` (held-out, NaN when not
+        measured); `ppl_increase` (perplexity / perplexity at m = 0 - 1, a fraction: 0.05 is +5%).
+        """
+        return sorted((dict(row) for row in self.summary_rows), key=lambda row: row["multiplier"])
+
+    def strongest_within(self, max_ppl_increase: float = 0.05, sign: int = 1) -> float:
+        """The largest |m| (of `sign`) whose held-out perplexity rose by at most `max_ppl_increase`.
+
+        Pick a strength on validation pairs with this, then report the test split at it: the
+        test pairs never choose their own strength. 0.0 when no steered m stays within budget.
+        """
+        if sign not in (1, -1):
+            raise SplitPluginError(f"sign must be 1 or -1, got {sign!r}")
+        increase = self.column("ppl_increase")
+        if not np.isfinite(increase).any():
+            raise SplitPluginError("this sweep has no held-out perplexity; sweep with heldout_text=True")
+        within = [float(m) for m, up in zip(self.multipliers, increase)
+                  if m * sign > 0 and np.isfinite(up) and up <= max_ppl_increase]
+        return max(within, key=abs, default=0.0)
+
+    def summary_table(self) -> str:
+        """A compact table, one line per m: accuracy, mean log-odds [nats], perplexity change."""
+        head = f"{'m':>8} {'accuracy':>8} {'95% CI':>13} {'pref':>7} {'util':>7} {'ppl':>8} {'ppl change':>10}"
+        lines = [head]
+        for r in self.summary():
+            ci = f"[{r['accuracy_ci_low']:.2f}, {r['accuracy_ci_high']:.2f}]" \
+                if math.isfinite(r["accuracy_ci_low"]) else "-"
+            change = f"{100 * r['ppl_increase']:+.1f}%" if math.isfinite(r["ppl_increase"]) else "-"
+            ppl = f"{r['perplexity']:.2f}" if math.isfinite(r["perplexity"]) else "-"
+            lines.append(f"{r['multiplier']:>8.3g} {r['accuracy']:>8.2f} {ci:>13} {r['pref_mean']:>+7.2f} "
+                         f"{r['util_mean']:>+7.2f} {ppl:>8} {change:>10}")
+        lines.append("pref / util: mean preference / utility log-odds [nats] over pairs; ppl: held-out "
+                     "perplexity; ppl change: vs m = 0")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return f"{self!r}\n{self.summary_table()}"
 
     def column(self, key: str) -> np.ndarray:
         """One summary statistic across multipliers, e.g. `column("pref_mean")`."""
@@ -168,10 +208,13 @@ class SweepResult:
         return fit_curves(self.multipliers, self.column("pref_mean"), self.column("util_mean"),
                           restarts=restarts, seed=seed)
 
-    def plot(self, path: str | Path, fit: Any = None) -> None:
-        """PNG: pref and util log-odds vs m with 95% CI bands (and fitted curves), and accuracy."""
+    def plot(self, path: str | Path, fit: Any = True) -> None:
+        """PNG: pref and util log-odds vs m with 95% CI bands, the paper's fitted curves and
+        phases (`fit=True`: fitted here; a `FitResult`: that one; None: no curves), and accuracy."""
         from .plots import plot_sweep
-        plot_sweep(self, path, fit=fit)
+        if fit is True:
+            fit = self.fit()
+        plot_sweep(self, path, fit=None if fit is False else fit)
 
     def __repr__(self) -> str:
         meta = self.metadata
