@@ -80,6 +80,14 @@ PEERS = ("steering-vectors", "repeng", "pyreft-NoReFT", "pyreft-LoReFT")
 OURS = ("CAA", "SFT", "SPLIT", "SPLIT-lora", "SPLIT-local_weight")
 METHODS = PEERS + OURS
 DETERMINISTIC = ("steering-vectors", "repeng", "CAA")  # no randomness: one run serves every seed
+GLOSSARY = [
+    "Methods: **SPLIT** / **SFT** / **CAA** are ours in the vector form (one vector added at layer 15); "
+    "**SPLIT-lora** is the SPLIT objective trained as a low-rank update of the layer's down projection and "
+    "swept over m like the vectors; **LoRA** (quality grid only) is plain peft LoRA fine-tuning on the positive "
+    "answers, applied at m = 1. Seeds: trained methods run once per seed; the deterministic ones ("
+    + ", ".join(DETERMINISTIC) + ") run once and count for every seed, hence their ± 0.000. A seeds column below "
+    "3 means the remaining cells have not been computed yet (a rerun fills them in).",
+]
 LIBRARY = {"steering-vectors": "steering-vectors", "repeng": "repeng", "pyreft-NoReFT": "pyreft",
            "pyreft-LoReFT": "pyreft"}
 INSTALL = "pip install --no-deps -r requirements-peers.txt && pip install -r requirements-peers-deps.txt"
@@ -445,14 +453,10 @@ def reading(stats: dict, baseline: float) -> list[str]:
     slowest = min(stats, key=lambda m: stats[m]["pairs_per_s"])
     lines.append(f"- Speed: fastest {fastest} ({stats[fastest]['pairs_per_s']:.1f} pairs/s), slowest {slowest} "
                  f"({stats[slowest]['pairs_per_s']:.2f} pairs/s).")
-    for m in ours:
-        if m == "CAA":
-            continue
-        for p in [p for p in stats if p.startswith("pyreft")]:
-            pairs, seqs = speed_ratios(stats, m, p)
-            lines.append(f"- {m} over {p}: {pairs:.2f}x the pairs/s, {seqs:.2f}x the training sequences/s "
-                         "(pyreft trains one row per pair and epoch, the positive answer; ours adds sub rows, and for SPLIT "
-                         "the negative answers).")
+    if any(p.startswith("pyreft") for p in stats) and any(m != "CAA" for m in ours):
+        lines.append("- Speed per pair and per training sequence differ (see the ratio table): pyreft trains one "
+                     "row per pair and epoch, the positive answer; ours adds sub rows, and for SPLIT the negative "
+                     "answers.")
     return lines
 
 
@@ -487,22 +491,20 @@ def report(args, cells: list[dict], methods: list[str], argv: list[str]) -> tupl
     versions = peer_versions()
     # the command that computes the cells (a --cached-only rerun only re-reads them)
     command = " ".join(["python benchmarks/peers.py", *map(shlex.quote, [a for a in argv if a != "--cached-only"])])
-    lines = [f"Command: `{command}`  ",
-             f"Date: {date.today().isoformat()}; machine: {os.cpu_count()} cores, {platform.machine()}; "
-             + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".  ",
-             f"Model: embedded SmolLM2-135M-Instruct, layer {LAYER}; strengths {strength_sets(cells)} "
-             "(|m·delta| / median residual norm; pyreft: median of its input-dependent edit); held-out text: "
-             f"first {HELDOUT_WORDS} words of the bundled prose. Install: `{INSTALL}`.", ""]
-    all_stats = {}
-    for concept in args.concepts:
+    header = [f"Command: `{command}`  ",
+              f"Date: {date.today().isoformat()}; machine: {os.cpu_count()} cores, {platform.machine()}; "
+              + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".  ",
+              f"Model: embedded SmolLM2-135M-Instruct, layer {LAYER}; strengths {strength_sets(cells)} "
+              "(|m·delta| / median residual norm; pyreft: median of its input-dependent edit); held-out text: "
+              f"first {HELDOUT_WORDS} words of the bundled prose. Install: `{INSTALL}`.", "", *GLOSSARY, ""]
+    all_stats = {concept: summarize(mine, methods) for concept in args.concepts
+                 if (mine := [c for c in cells if c["concept"] == concept])}
+    lines = ["#### Per concept", ""]
+    for concept, stats in all_stats.items():
         mine = [c for c in cells if c["concept"] == concept]
-        if not mine:
-            continue
-        stats = summarize(mine, methods)
-        all_stats[concept] = stats
         base = float(np.mean([c["rows"][0]["accuracy"] for c in mine]))
         seeds = sorted({c["seed"] for c in mine})
-        lines += [f"#### {concept} (test split, {mine[0]['eval_pairs']} pairs, {mine[0]['train_pairs']} training "
+        lines += [f"##### {concept} (test split, {mine[0]['eval_pairs']} pairs, {mine[0]['train_pairs']} training "
                   f"pairs, seeds {seeds}; unsteered accuracy {base:.3f})", "",
                   "Best test accuracy reachable within a held-out perplexity increase (mean ± 95% CI over seeds; "
                   "the max over swept strengths, an upper envelope for every method alike), the accuracy at "
@@ -530,25 +532,29 @@ def report(args, cells: list[dict], methods: list[str], argv: list[str]) -> tupl
                 lines.append(f"| {m} | " + " | ".join(f"{speed_ratios(stats, m, p)[0]:.2f} pairs, "
                                                        f"{speed_ratios(stats, m, p)[1]:.2f} seq" for p in peers) + " |")
         lines += ["", "Reading (generated from the numbers above):", "", *reading(stats, base), ""]
-    lines += summary(all_stats)
-    return "\n".join(lines), all_stats
+    # the answer first (summary, verdict, plot), then what was run and the per-concept detail
+    return "\n".join(summary(all_stats) + ["{plot}", ""] + header + lines), all_stats
 
 
 def summary(all_stats: dict) -> list[str]:
-    """One row per concept: SPLIT's best form against the best peer within +5% perplexity."""
-    rows = []
+    """One row per concept: SPLIT's best form against the best peer within +5% perplexity, and a verdict."""
+    rows, gaps = [], []
     for concept, stats in all_stats.items():
         best_split = best_at(stats, [m for m in stats if m.startswith("SPLIT")], 0.05)
         best_peer = best_at(stats, [m for m in stats if m in PEERS and not stats[m]["collapsed"]], 0.05)
         if not best_split or not best_peer:
             continue
         gap = stats[best_split]["frontier"][0.05][0] - stats[best_peer]["frontier"][0.05][0]
+        gaps.append(gap)
         rows.append(f"| {concept} | {best_split} {fmt(stats[best_split]['frontier'][0.05])} | "
                     f"{best_peer} {fmt(stats[best_peer]['frontier'][0.05])} | {gap:+.3f} |")
     if not rows:
         return []
+    verdict = ("SPLIT trails the best peer on at least one concept" if min(gaps) < 0
+               else "SPLIT matches or leads the best peer on every concept")
     return ["#### Summary: SPLIT (best form) against the best peer, accuracy within +5% perplexity", "",
-            "| concept | SPLIT | best peer | gap |", "|---|---|---|---|", *rows, ""]
+            "| concept | SPLIT | best peer | gap |", "|---|---|---|---|", *rows, "",
+            f"{verdict}; a gap smaller than the intervals (± 95% CI over seeds) is a tie, not a lead.", ""]
 
 
 def plot(all_stats: dict, paths: list[tuple[Path, int]]) -> None:
@@ -641,7 +647,7 @@ def main(argv=None) -> None:
     text_md, all_stats = report(args, cells, args.methods, argv)
     pngs = [(out / "frontier.png", 110)] + ([(Path(args.docs_png), 60)] if args.docs_png else [])
     plot(all_stats, pngs)
-    text_md += f"\n![accuracy vs perplexity increase]({args.docs_png or out / 'frontier.png'})\n"
+    text_md = text_md.replace("{plot}", f"![accuracy vs perplexity increase]({args.docs_png or out / 'frontier.png'})")
     print("\n" + text_md)
     if args.markdown:
         write_markdown(Path(args.markdown), text_md)

@@ -191,10 +191,17 @@ def at_budget(cell: dict, budget: float) -> dict:
     return max(ok, key=lambda r: r["strength"]) if ok else cell["rows"][0]
 
 
+BLOWN_UP = 10.0  # a perplexity increase past +1000% is written as the factor: "x1312" reads, "131107.4%" does not
+
+
 def fmt(mean: float, half: float, pct: bool = False) -> str:
-    scale, unit = (100, "%") if pct else (1, "")
+    """mean ± 95% half-width; `pct`: a perplexity increase (a fraction) in %, or as a factor past +1000%."""
     if not math.isfinite(mean):
         return "n/a"
+    if pct and mean > BLOWN_UP:
+        return f"x{1 + mean:,.0f} (perplexity multiplied; seeds vary)" if math.isfinite(half) and half > 0 \
+            else f"x{1 + mean:,.0f} (perplexity multiplied)"
+    scale, unit = (100, "%") if pct else (1, "")
     text = f"{mean * scale:.1f}{unit}" if pct else f"{mean:.3f}"
     return text + (f" ± {half * scale:.1f}{unit}" if pct else f" ± {half:.3f}") if math.isfinite(half) else text
 

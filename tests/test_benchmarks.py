@@ -66,6 +66,29 @@ def test_peers_reading_says_whether_split_beats_every_peer():
     assert "SPLIT-lora over" not in lines  # speed lines compare trained methods with pyreft only
 
 
+def test_blown_up_perplexity_reads_as_a_factor():
+    assert quality.fmt(1311.074, 3063.441, pct=True) == "x1,312 (perplexity multiplied; seeds vary)"
+    assert quality.fmt(3.368, 3.302, pct=True) == "336.8% ± 330.2%"
+    assert quality.fmt(0.6, 0.1) == "0.600 ± 0.100"
+
+
+def test_peers_section_leads_with_the_summary_and_defines_the_methods():
+    import argparse
+
+    import peers
+
+    curve = {"SPLIT": [0.5, 0.6, 0.7, 0.78, 0.8, 0.8, 0.9], "SFT": [0.5, 0.6, 0.7, 0.7, 0.8, 0.8, 0.9],
+             "pyreft-NoReFT": [0.5, 0.6, 0.72, 0.8, 0.8, 0.8, 0.9]}
+    ppl = [0, .01, .02, .04, .08, .2, 1.0]
+    cells = [{**cell(m, s, acc, ppl), "train_pairs": 8, "train_sequences": 16}
+             for m, acc in curve.items() for s in (0, 1)]
+    args = argparse.Namespace(concepts=["c"])
+    text, _ = peers.report(args, cells, list(curve), ["--concepts", "c"])
+    assert text.index("#### Summary") < text.index("{plot}") < text.index("#### Per concept")
+    assert "SPLIT trails the best peer" in text and "SPLIT-lora** is the SPLIT objective" in text
+    assert text.count("pyreft trains one row per pair") == 1
+
+
 import memory  # noqa: E402
 from split_plugin import Intervention  # noqa: E402
 from tiny import tiny_model  # noqa: E402
