@@ -104,14 +104,16 @@ def _csv(rows: list[dict]) -> str:
 
 
 def _generations(model, tokenizer, runs: list[MethodRun], prompts: list[str]) -> str:
+    """Greedy answers to `prompts`, unsteered and per method at strength 0.25 (one batch per method)."""
     lines = ["# Steered generations (greedy), strength 0.25 of the residual norm", ""]
-    base = generate(model, tokenizer, prompts, max_new_tokens=40)
+    multipliers = {run.name: run.multipliers[STRENGTHS.index(0.25)] for run in runs}
+    texts = {None: generate(model, tokenizer, prompts, max_new_tokens=40)}
+    for run in runs:
+        texts[run.name] = generate(model, tokenizer, prompts, run.intervention,
+                                   multiplier=multipliers[run.name], max_new_tokens=40)
     for i, prompt in enumerate(prompts):
-        lines += [f"## {prompt}", "", f"- **unsteered**: {base[i]}"]
-        for run in runs:
-            m = run.multipliers[STRENGTHS.index(0.25)]
-            text = generate(model, tokenizer, [prompt], run.intervention, multiplier=m, max_new_tokens=40)[0]
-            lines.append(f"- **{run.name}** (m = {m:.3g}): {text}")
+        lines += [f"## {prompt}", "", f"- **unsteered**: {texts[None][i]}"]
+        lines += [f"- **{run.name}** (m = {multipliers[run.name]:.3g}): {texts[run.name][i]}" for run in runs]
         lines.append("")
     return "\n".join(lines)
 
@@ -133,32 +135,39 @@ def run_demo(out_dir: str | Path = "reports/demo", concept: str = "optimism", qu
     train_pairs = load_pairs(concept, split="train", limit=48 if quick else TRAIN_PAIRS)
     test_pairs = load_pairs(concept, split="test", limit=24 if quick else TEST_PAIRS)
     text = load_heldout_text(words=HELDOUT_WORDS)
+    stages = {"loading": time.perf_counter() - start}
     runs = _train_all(model, tokenizer, train_pairs, form_list, quick, text, layer)
+    stages["training"] = sum(run.seconds for run in runs)
     results = {}
     for run in runs:
         print(f"[demo] sweeping {run.name} over {len(test_pairs)} test pairs", flush=True)
         results[run.name] = sweep(model, tokenizer, run.intervention, test_pairs, run.multipliers,
                                   heldout_text=text, bootstrap=300)
+    stages["sweeps"] = sum(r.metadata["seconds"] for r in results.values())
     rows = _table(runs, results)
     prompts = [p.question for p in test_pairs[:GENERATION_PROMPTS]]
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
+        written = time.perf_counter()
         write_report(results, tmp / "sweep", title=f"{concept}: CAA vs SFT vs SPLIT vs SPLIT+KL")
         (tmp / "table.csv").write_text(_csv(rows), encoding="utf-8")
         table = _markdown_table(rows)
         (tmp / "generations.md").write_text(_generations(model, tokenizer, runs, prompts), encoding="utf-8")
         for run in runs:  # small (one vector each): kept so `split-steer sweep` can re-analyse them
             run.intervention.save_pretrained(str(tmp / "interventions" / run.name))
+        stages["report and generations"] = time.perf_counter() - written
+        timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages.items())
         (tmp / "README.md").write_text(
             f"# Demo: {concept} on SmolLM2-135M-Instruct\n\nCommand: `split-steer demo"
             f"{' --quick' if quick else ''} --concept {concept} --forms {forms}`; "
             f"{len(train_pairs)} train / {len(test_pairs)} test pairs; "
-            f"{time.perf_counter() - start:.0f} s in all.\n\nStrength = median |m * delta| / median "
+            f"{time.perf_counter() - start:.0f} s in all ({timing}).\n\nStrength = median |m * delta| / median "
             "residual norm at the layer (matched across methods).\n\n" + table +
             "\n\nPlots and fits: `sweep/` (frontier.png: utility vs preference per method). "
             "Generations: `generations.md`. Trained interventions: `interventions/<method>/` "
             f"(e.g. `split-steer sweep --intervention {out_dir}/interventions/SPLIT --data {concept} "
-            "--multipliers -12:12:2 --out sweep-SPLIT`).\n", encoding="utf-8")
+            "--multipliers -12:12:2 --out sweep-SPLIT`). How to read preference and utility log-odds: "
+            "`sweep/report.md`.\n", encoding="utf-8")
     print("\n" + table + f"\n\n[demo] report written to {out_dir} "
-          f"({time.perf_counter() - start:.0f} s)", flush=True)
+          f"({time.perf_counter() - start:.0f} s: {timing})", flush=True)
     return out_dir

@@ -21,6 +21,9 @@ def test_demo_report_has_every_method_side_by_side(tmp_path):
         assert (out / name).stat().st_size > 0
     readme = (out / "README.md").read_text(encoding="utf-8")
     assert "| SPLIT+KL |" in readme and "split-steer demo --quick --concept optimism" in readme
+    assert all(f"{stage} " in readme for stage in ("training", "sweeps", "report and generations"))
+    generations = (out / "generations.md").read_text(encoding="utf-8")
+    assert generations.count("- **SPLIT+KL** (m = ") == 3 and generations.count("- **unsteered**") == 3
     unsteered = [r for r in rows if float(r["strength"]) == 0.0]
     assert len({r["accuracy"] for r in unsteered}) == 1  # m = 0 is the same model for every method
 
