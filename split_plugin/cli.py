@@ -87,10 +87,19 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(out_dir=args.out, concept=args.concept, quick=args.quick, forms=args.forms)
 
 
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option shows its default, unless there is none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="split-steer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    shown = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}  # every option shows its default
+    shown = {"formatter_class": _ShowDefaults}
 
     p = sub.add_parser("train", help="train an intervention and save it", **shown)
     p.add_argument("--hparams", required=True,
