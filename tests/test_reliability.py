@@ -649,7 +649,7 @@ def _checkpoint(tmp_path) -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda good: os.urandom(400), r"not a readable checkpoint \(UnpicklingError"),
+    (lambda good: os.urandom(400), r"not a readable checkpoint \(\w+Error"),
     (lambda good: b"", r"not a readable checkpoint \(EOFError"),
     (lambda good: [1, 2, 3], r"is not a split_plugin checkpoint \(format 1\)"),
     (lambda good: torch.zeros(3), r"is not a split_plugin checkpoint"),
