@@ -272,7 +272,7 @@ Forward = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 def vector_forward(model, intervention: Intervention) -> Forward:
     def forward(ids, mask, m):
-        with intervention.apply(model, m):
+        with intervention.steer(model, m):
             return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     return forward
 

@@ -57,7 +57,7 @@ def main() -> None:
         # version undoes non-sequential ones. Start again from the unedited model and apply the
         # last edit's trained intervention (it travels in weights_copy) to generate with it.
         undo_edits(editor.model)
-        with weights_copy.intervention.apply(editor.model, weights_copy.multiplier):
+        with weights_copy.intervention.steer(editor.model, weights_copy.multiplier):
             after = generate(editor.model, editor.tok, PROMPTS[-1])
 
     print()

@@ -3,7 +3,7 @@
     import split_plugin as sp
     model, tok = sp.load_default_model()
     vector = sp.train(model, tok, sp.load_pairs("power-seeking"), sp.preset_path("split-vector"))
-    with vector.apply(model, multiplier=8.0):
+    with vector.steer(model, multiplier=8.0):
         ...
 
 Importing this package never imports easyeditor; `import split_plugin.easyedit` does.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -12,22 +12,20 @@ import yaml
 
 from .data import PROMPT_FORMATS
 from .errors import SplitPluginError
-from .intervention import FORMS
+from .forms import FORMS, get_form
 
 METHODS = ("split", "sft", "reps", "caa")
-VECTOR_FACTORS = [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0]
-#: the weight forms' (lora, local_weight) strengths: their edits scale the weights, not a residual
-WEIGHT_FACTORS = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0]
 
 
 def default_factors(form: str) -> list[float]:
-    """The training strengths a form uses when `factors` is not given."""
-    return list(VECTOR_FACTORS if form == "vector" else WEIGHT_FACTORS)
+    """The training strengths a form uses when `factors` is not given (forms/<form>.py)."""
+    return list(get_form(form).factors)
 
 
 @dataclass
 class TrainConfig:
-    """How to train one intervention. Defaults follow the reference's vector-form settings.
+    """How to train one intervention. Defaults follow the reference's vector-form settings;
+    `factors` left unset take the form's own strengths (vector 2..20, the weight forms 0.2..2).
 
     `batch_size` counts the pairs of one step over all processes (the global batch), so a
     data-parallel run trains the same intervention as one process with the same settings.
@@ -51,7 +49,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     # rows: "add" rows (+s, positive = matching) and "sub" rows (-s, roles swapped)
-    factors: list[float] = field(default_factory=lambda: list(VECTOR_FACTORS))
+    factors: list[float] | None = None  # None: the form's default strengths (forms/<form>.py)
     sub_rows: bool = True
     # the SPLIT objective: pos_weight L_pos + neg_weight L_neg + margin_weight relu(margin - (L_neg - L_pos))
     pos_weight: float = 1.0
@@ -83,7 +81,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        if self.form in FORMS and self.factors is None:
+            self.factors = default_factors(self.form)
         self._check_values()
+        self.factors = [float(f) for f in self.factors]
 
     def _check_values(self) -> None:
         def bad(msg: str) -> None:

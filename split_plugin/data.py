@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
+from jinja2 import TemplateError
 
-from .errors import SplitPluginError
+from .errors import SplitPluginError, TemplateRenderError
 
 __all__ = [
     "ContrastivePair",
@@ -383,10 +384,10 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str
     """The chat template rendered to text; a system turn the template rejects joins the user turn."""
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except Exception as err:
+    except TemplateError as err:  # the template itself refused (e.g. "System role not supported")
         if messages[0]["role"] != "system":
-            raise SplitPluginError(f"the tokenizer's chat template failed to render ({err}); "
-                                   "fix tokenizer.chat_template or set it to None for plain prompts") from None
+            raise TemplateRenderError(f"the tokenizer's chat template failed to render ({err}); "
+                                      "fix tokenizer.chat_template or set it to None for plain prompts") from None
         merged = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
         return tokenizer.apply_chat_template(merged + messages[2:], tokenize=False,
                                              add_generation_prompt=add_generation_prompt)
@@ -420,7 +421,7 @@ def answer_suffix(tokenizer) -> str:
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _SENTINEL}]
     try:
         text = _render(tokenizer, messages, add_generation_prompt=False)
-    except Exception:
+    except TemplateRenderError:  # a template that cannot show an assistant turn: the eos ends it
         return eos
     if _SENTINEL not in text:
         return eos

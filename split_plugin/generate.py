@@ -34,7 +34,7 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], intervention: 
         if intervention is None:
             out = model.generate(**enc, **options)
         else:
-            with intervention.apply(model, multiplier=multiplier):
+            with intervention.steer(model, multiplier=multiplier):
                 out = model.generate(**enc, **options)
     new = out[:, enc["input_ids"].shape[1]:]
     return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -1,30 +1,30 @@
-"""The unified update `h_out = (W + m dW) x + (b + m db)` at one layer, in three forms.
-
-- vector:        db = v                    (added to the decoder layer's output)
-- lora:          dW = (alpha / r) * A @ B  (A: [in, r], B: [r, out]; B = 0 at init)
-- local_weight:  dense dW: [in, out] and db: [out]
+"""The unified update `h_out = (W + m dW) x + (b + m db)` at one layer, whatever its form.
 
 `x` is the input of the layer's down projection (the MLP's intermediate activation), so the
-lora and local_weight forms are exactly an update of that projection. Matrices use the
-`x @ dW` orientation of the reference code; folding into an `nn.Linear` writes `W += m dW^T`.
-Trainable tensors are fp32 whatever the model's dtype; the update is cast on the fly.
+weight forms are exactly an update of that projection. How each form writes dW and db is in
+`forms/` (vector: db = v; lora: dW = (alpha / r) A @ B; local_weight: dense dW and db).
+Matrices use the `x @ dW` orientation of the reference code; folding into an `nn.Linear`
+writes `W += m dW^T`. Trainable tensors are fp32 whatever the model's dtype; the update is
+cast on the fly. Putting an intervention into a model (hooks, folds) is `steering.py`.
 """
 from __future__ import annotations
 
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Union
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from . import steering
 from .errors import SplitPluginError
+from .forms import FORMS, Form, get_form
 from .layers import ArchSpec, ModelLayout, resolve_layout
+from .steering import InterventionHandle, Multiplier, row_multiplier
 from .version import __version__
 
-FORMS = ("vector", "lora", "local_weight")
-Multiplier = Union[float, torch.Tensor]
+__all__ = ["FORMS", "Intervention", "InterventionConfig", "InterventionHandle", "Multiplier"]
 
 
 @dataclass
@@ -44,8 +44,7 @@ class InterventionConfig:
     version: str = __version__
 
     def __post_init__(self) -> None:
-        if self.form not in FORMS:
-            raise SplitPluginError(f"form {self.form!r} is not one of {FORMS}")
+        form = get_form(self.form)
         if not isinstance(self.layer, int) or self.layer < 0:
             raise SplitPluginError(f"layer must be a non-negative integer, got {self.layer!r}")
         for name in ("hidden_size", "intermediate_size"):
@@ -64,26 +63,12 @@ class InterventionConfig:
                 and all(_is_number(v) and 0 < v < math.inf for v in self.trained_range)
                 and self.trained_range[0] <= self.trained_range[1]):
             raise SplitPluginError(f"trained_range must be [low, high] with 0 < low <= high, got {self.trained_range!r}")
-        if self.form != "vector" and not self.intermediate_size:
-            raise SplitPluginError(f"the {self.form} form needs intermediate_size (the down "
-                                   "projection's input width)")
-        if self.form == "lora":
-            self._check_rank()
-            if self.alpha is None:
-                self.alpha = float(self.rank)
-
-    def _check_rank(self) -> None:
-        limit = min(self.hidden_size, self.intermediate_size)
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or not 0 < self.rank <= limit:
-            raise SplitPluginError(
-                f"lora rank must be an integer in 1..{limit} (the smaller of the down projection's "
-                f"dims {self.intermediate_size}x{self.hidden_size}), got {self.rank!r}"
-            )
+        form.check(self)
 
     @property
     def scaling(self) -> float:
-        """The lora update is scaled by alpha / rank (1.0 for the other forms)."""
-        return float(self.alpha) / self.rank if self.form == "lora" else 1.0
+        """The constant factor on dW (lora: alpha / rank; 1.0 for the other forms)."""
+        return get_form(self.form).scaling(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,88 +94,39 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_multiplier(multiplier: Any) -> Multiplier:
-    """A finite number, or a numeric tensor (one value per batch row); anything else is refused."""
-    if torch.is_tensor(multiplier):
-        if not (multiplier.dtype.is_complex or multiplier.dtype == torch.bool):
-            return multiplier
-    elif not isinstance(multiplier, (str, bool)) and hasattr(multiplier, "__float__") \
-            and math.isfinite(float(multiplier)):
-        return multiplier
-    raise SplitPluginError(f"the multiplier must be a finite number (or a tensor with one per batch row), "
-                           f"got {multiplier!r}")
-
-
-def _scalar_multiplier(multiplier: Any) -> float:
-    """One finite float (fold writes a single strength into the weights)."""
-    try:
-        value = float(check_multiplier(multiplier))
-    except (RuntimeError, TypeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value):
-        raise SplitPluginError(f"fold takes one finite number as the multiplier, got {multiplier!r}; "
-                               "per-row multipliers need apply()")
-    return value
-
-
-def _as_row_multiplier(multiplier: Multiplier, ref: torch.Tensor) -> torch.Tensor | float:
-    """A float stays a float; a [batch] tensor becomes [batch, 1, ..., 1] to broadcast on `ref`."""
-    if not torch.is_tensor(multiplier):
-        return float(multiplier)
-    m = multiplier.to(device=ref.device, dtype=torch.float32)
-    if m.ndim == 0:
-        return m
-    if m.ndim != 1 or m.shape[0] != ref.shape[0]:
-        raise SplitPluginError(
-            f"a per-row multiplier must have shape [batch] = [{ref.shape[0]}], got {tuple(m.shape)}"
-        )
-    return m.view(-1, *([1] * (ref.ndim - 1)))
-
-
-def _is_zero(multiplier: Multiplier) -> bool:
-    return not torch.is_tensor(multiplier) and float(multiplier) == 0.0
-
-
 class Intervention(nn.Module):
-    """One learned control at one layer; the strength `m` is given when it is applied."""
+    """One learned control at one layer; the strength `m` is given when it steers a model."""
 
     def __init__(self, config: InterventionConfig):
         super().__init__()
         self.config = config
-        h, i = config.hidden_size, config.intermediate_size
-        if config.form == "vector":
-            self.vector = nn.Parameter(torch.zeros(h))
-        elif config.form == "lora":
-            self.lora_A = nn.Parameter(torch.empty(i, config.rank))
-            self.lora_B = nn.Parameter(torch.zeros(config.rank, h))
-            # the fan-in init nn.Linear uses; with B = 0 the update starts at exactly zero
-            nn.init.kaiming_uniform_(self.lora_A.T, a=math.sqrt(5))
-        else:
-            self.delta_weight = nn.Parameter(torch.zeros(i, h))
-            self.delta_bias = nn.Parameter(torch.zeros(h))
+        for name, parameter in self.strategy.create(config).items():
+            self.register_parameter(name, parameter)
         self.drop = nn.Dropout(config.dropout)
-        self._folded: dict[int, tuple] = {}
         self.eval()  # dropout only while a trainer says so
 
     # -- construction -------------------------------------------------------------------
     @classmethod
     def for_model(cls, model: nn.Module, form: str, layer: int, rank: int | None = None,
                   alpha: float | None = None, dropout: float = 0.0, concept: str | None = None,
-                  layout: ArchSpec | Mapping | None = None) -> "Intervention":
+                  layout: ArchSpec | Mapping | ModelLayout | None = None) -> "Intervention":
         """A fresh intervention shaped for `model` at `layer` (checked against its layer count)."""
         resolved = resolve_layout(model, layout)
         resolved.check_layer(layer)
         d_in, d_out = resolved.down_proj_dims(layer)
         config = InterventionConfig(form=form, layer=layer, hidden_size=d_out,
-                                    intermediate_size=d_in if form != "vector" else None,
-                                    rank=rank if form == "lora" else None,
-                                    alpha=alpha if form == "lora" else None, dropout=dropout,
+                                    **get_form(form).shape_fields(d_in, rank, alpha), dropout=dropout,
                                     model_type=resolved.model_type, concept=concept)
         return cls(config)
 
     @property
     def form(self) -> str:
         return self.config.form
+
+    @property
+    def strategy(self) -> Form:
+        """The form's implementation (forms/): its parameters, dW, db, hook place and folding."""
+        return get_form(self.config.form)
 
     @property
     def layer(self) -> int:
@@ -201,80 +137,53 @@ class Intervention(nn.Module):
 
     # -- the update ---------------------------------------------------------------------
     def delta_weight_matrix(self) -> torch.Tensor | None:
-        """The dense dW ([in, out]) at m = 1, or None for the vector form."""
-        if self.form == "lora":
-            return self.config.scaling * (self.lora_A @ self.lora_B)
-        return self.delta_weight if self.form == "local_weight" else None
+        """The dense dW ([in, out]) at m = 1, or None when the form has none (vector)."""
+        return self.strategy.delta_weight(self)
 
     def delta_bias_vector(self) -> torch.Tensor | None:
-        """db at m = 1: the steering vector, the local_weight bias, or None for lora."""
-        if self.form == "vector":
-            return self.vector
-        return self.delta_bias if self.form == "local_weight" else None
+        """db at m = 1 ([out]), or None when the form has none (lora)."""
+        return self.strategy.delta_bias(self)
 
     def delta(self, multiplier: Multiplier, x: torch.Tensor | None = None,
               like: torch.Tensor | None = None) -> torch.Tensor:
-        """`m * (x @ dW + db)` in fp32, with m a float or one value per row of `x` / `like`."""
+        """`m * (x @ dW + db)` in fp32, with m a float or one value per row of `x` (else `like`)."""
         ref = x if x is not None else like
-        if self.form == "vector":
-            out = self.vector.to(ref.device).expand(*ref.shape[:-1], -1)
-        elif self.form == "lora":
-            xf = x.to(torch.float32)
-            out = (xf @ self.lora_A.to(x.device)) @ self.lora_B.to(x.device) * self.config.scaling
-        else:
-            xf = x.to(torch.float32)
-            out = xf @ self.delta_weight.to(x.device) + self.delta_bias.to(x.device)
-        return self.drop(out * _as_row_multiplier(multiplier, ref))
+        self._follow(ref.device)
+        out = self.strategy.delta(self, x, like if like is not None else x)
+        return self.drop(out * row_multiplier(multiplier, ref))
 
-    # -- hooks --------------------------------------------------------------------------
-    def apply(self, model: nn.Module, multiplier: Multiplier = 1.0,
-              layout: ArchSpec | Mapping | ModelLayout | None = None) -> "InterventionHandle":
-        """Hook the update into `model`; use as a context manager or call `.remove()`."""
+    def _follow(self, device: torch.device) -> None:
+        """Move to the activations' device once (after `model.to(...)`), not copy on every call."""
+        parameter = next(self.parameters())
+        if parameter.device != device:
+            self.to(device)
+
+    # -- putting it into a model (steering.py) --------------------------------------------------
+    def steer(self, model: nn.Module, multiplier: Multiplier = 1.0,
+              layout: ArchSpec | Mapping | ModelLayout | None = None) -> InterventionHandle:
+        """Hook the update into `model` at strength `multiplier` (a float, or one per batch row).
+
+        Use as a context manager or call `.remove()`. Different interventions stack; steering
+        with one that already acts on this model is refused.
+        """
         return InterventionHandle(self, model, multiplier, layout)
 
-    # -- folding ------------------------------------------------------------------------
-    def fold(self, model: nn.Module, multiplier: float = 1.0,
-             layout: ArchSpec | Mapping | None = None) -> None:
-        """Write `W + m dW` and `b + m db` into the model's down projection (undo with unfold)."""
-        resolved = resolve_layout(model, layout)
-        if id(model) in self._folded:
-            raise SplitPluginError("this intervention is already folded into this model; unfold first")
-        resolved.check_layer(self.layer)
-        _check_fits(self, resolved)
-        m = _scalar_multiplier(multiplier)
-        if self.form == "vector" and resolved.post_mlp_norm(self.layer) is not None:
-            raise SplitPluginError(
-                f"the vector form cannot be folded exactly into a {resolved.model_type} model: a "
-                f"norm ({resolved.spec.post_mlp_norm}) follows the down projection; apply it as a hook"
-            )
-        proj = resolved.down_proj(self.layer)
-        saved_w = proj.weight.detach().clone()
-        saved_b = proj.bias.detach().clone() if proj.bias is not None else None
-        try:
-            self._write_update(proj, m)
-        except BaseException:
-            _restore(proj, saved_w, saved_b)  # never leave a half-written layer
-            raise
-        self._folded[id(model)] = (proj, saved_w, saved_b)
+    def apply(self, fn, *args, **kwargs) -> "Intervention":
+        """`nn.Module.apply(fn)`; the old `apply(model, multiplier)` is refused with its new name."""
+        if args or kwargs or isinstance(fn, nn.Module):
+            raise SplitPluginError("Intervention.apply(model, multiplier) is now "
+                                   "intervention.steer(model, multiplier=...); apply(fn) is "
+                                   "nn.Module.apply again")
+        return super().apply(fn)
 
-    @torch.no_grad()
-    def _write_update(self, proj: nn.Module, multiplier: float) -> None:
-        """`W += m dW` (transposed for nn.Linear) and `b += m db` in place."""
-        dw = self.delta_weight_matrix()
-        if dw is not None:
-            dw = dw if type(proj).__name__ == "Conv1D" else dw.T
-            proj.weight.copy_((proj.weight.float() + multiplier * dw).to(proj.weight.dtype))
-        db = self.delta_bias_vector()
-        if db is not None:
-            if proj.bias is None:
-                proj.bias = nn.Parameter(proj.weight.new_zeros(db.shape[0]), requires_grad=False)
-            proj.bias.copy_((proj.bias.float() + multiplier * db).to(proj.bias.dtype))
+    def fold(self, model: nn.Module, multiplier: float = 1.0,
+             layout: ArchSpec | Mapping | ModelLayout | None = None) -> None:
+        """Write `W + m dW` and `b + m db` into the model's down projection (undo with unfold)."""
+        steering.fold(self, model, multiplier, layout)
 
     def unfold(self, model: nn.Module) -> None:
         """Restore the down projection exactly as it was before `fold`."""
-        if id(model) not in self._folded:
-            raise SplitPluginError("this intervention is not folded into this model")
-        _restore(*self._folded.pop(id(model)))
+        steering.unfold(self, model)
 
     # -- persistence (see serialization.py) -----------------------------------------------
     def save_pretrained(self, directory: str) -> None:
@@ -290,93 +199,4 @@ class Intervention(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        rank = f", rank={c.rank}, alpha={c.alpha}" if c.form == "lora" else ""
-        return f"form={c.form}, layer={c.layer}{rank}, params={self.num_parameters()}"
-
-
-@torch.no_grad()
-def _restore(proj: nn.Module, saved_w: torch.Tensor, saved_b: torch.Tensor | None) -> None:
-    """Put a down projection's saved weight and bias back (a bias fold added is removed)."""
-    proj.weight.copy_(saved_w)
-    if saved_b is None:
-        proj.bias = None
-    else:
-        proj.bias.copy_(saved_b)
-
-
-def _add_to_output(output: Any, delta_fn) -> Any:
-    """Return the module's output with the update added to its hidden states (never in place)."""
-    if isinstance(output, tuple):
-        hidden = output[0]
-        return (hidden + delta_fn(hidden).to(hidden.dtype),) + output[1:]
-    return output + delta_fn(output).to(output.dtype)
-
-
-class InterventionHandle:
-    """Hooks of one applied intervention; `.remove()` or leaving the `with` block removes them."""
-
-    def __init__(self, intervention: Intervention, model: nn.Module, multiplier: Multiplier,
-                 layout: ArchSpec | Mapping | ModelLayout | None = None):
-        self.intervention = intervention
-        self.multiplier = check_multiplier(multiplier)
-        self._hooks: list = []
-        resolved = layout if isinstance(layout, ModelLayout) else resolve_layout(model, layout)
-        resolved.check_layer(intervention.layer)
-        _check_fits(intervention, resolved)
-        try:
-            if intervention.form == "vector":
-                target = resolved.layer(intervention.layer)
-                self._hooks.append(target.register_forward_hook(self._vector_hook))
-            else:
-                target = resolved.down_proj(intervention.layer)
-                self._hooks.append(target.register_forward_hook(self._weight_hook))
-        except BaseException:
-            self.remove()
-            raise
-
-    def _vector_hook(self, module, args, output):
-        if _is_zero(self.multiplier):
-            return None
-        return _add_to_output(output, lambda h: self.intervention.delta(self.multiplier, like=h))
-
-    def _weight_hook(self, module, args, output):
-        if _is_zero(self.multiplier):
-            return None
-        x = args[0]
-        return _add_to_output(output, lambda h: self.intervention.delta(self.multiplier, x=x))
-
-    def remove(self) -> None:
-        """Remove every hook; safe to call twice."""
-        while self._hooks:
-            self._hooks.pop().remove()
-
-    def __enter__(self) -> "InterventionHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-
-def _check_fits(intervention: Intervention, layout: ModelLayout) -> None:
-    """Refuse an intervention whose shapes or model type do not match the model's layer."""
-    d_in, d_out = layout.down_proj_dims(intervention.layer)
-    c = intervention.config
-    if c.hidden_size != d_out or (c.form != "vector" and c.intermediate_size != d_in):
-        raise SplitPluginError(
-            f"this {c.form} intervention was made for hidden size {c.hidden_size}"
-            + (f" and intermediate size {c.intermediate_size}" if c.form != "vector" else "")
-            + f" (model type {c.model_type}), but layer {c.layer} of this {layout.model_type} "
-            f"model has hidden size {d_out} and intermediate size {d_in}; load it onto the model "
-            "it was trained for"
-        )
-    if c.model_type and _family(c.model_type) != _family(layout.model_type):
-        raise SplitPluginError(
-            f"this {c.form} intervention was trained on a {c.model_type} model, but this model is a "
-            f"{layout.model_type}; load it onto the model it was trained for (or, if the weights "
-            f"really are the same, set intervention.config.model_type = {layout.model_type!r})"
-        )
-
-
-def _family(model_type: str) -> str:
-    """A model type without the `_text` suffix (gemma3_text is the text part of gemma3)."""
-    return model_type.removesuffix("_text")
+        return f"form={c.form}, layer={c.layer}{self.strategy.describe(c)}, params={self.num_parameters()}"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Mapping, Union
 
 import torch
 from torch import nn
@@ -169,8 +169,19 @@ def _spec_from_override(override: ArchSpec | Mapping) -> ArchSpec:
         ) from None
 
 
-def resolve_layout(model: nn.Module, override: ArchSpec | Mapping | None = None) -> ModelLayout:
-    """Find the decoder layers and their down projections by model type, override, or a guess."""
+LayoutLike = Union[ArchSpec, Mapping, ModelLayout, None]
+
+
+def resolve_layout(model: nn.Module, override: LayoutLike = None) -> ModelLayout:
+    """Find the decoder layers and their down projections by model type, override, or a guess.
+
+    `override` may be an ArchSpec, a mapping of its fields, or an already resolved ModelLayout
+    (returned as is when it is this model's, so callers pass the layout down, not re-resolve).
+    """
+    if isinstance(override, ModelLayout):
+        if override.model is model:
+            return override
+        override = override.spec
     if not isinstance(model, nn.Module):
         raise SplitPluginError(f"expected a loaded torch model (nn.Module), got {type(model).__name__}; "
                                "load one with split_plugin.models.load_model(path)")

@@ -95,11 +95,9 @@ def export_peft(intervention: Intervention, model: nn.Module, directory: str | P
                 multiplier: float = 1.0, layout: ArchSpec | Mapping | None = None) -> None:
     """Save the lora form at strength `m` as a peft adapter (PeftModel.from_pretrained loads it).
 
-    peft computes `W x + (alpha / r) * B_p A_p x`; ours is `x @ (m * (alpha / r) * A @ B)`, so
-    `A_p = A^T` and `B_p = m * B^T` with the same rank and alpha.
+    The mapping onto peft's tensors is the form's (`LoraForm.peft_tensors`); other forms refuse.
     """
-    if intervention.form != "lora":
-        raise SplitPluginError(f"only the lora form exports as a peft adapter, not {intervention.form}")
+    lora_a, lora_b = intervention.strategy.peft_tensors(intervention, multiplier)
     from peft import LoraConfig
 
     resolved = resolve_layout(model, layout)
@@ -111,8 +109,7 @@ def export_peft(intervention: Intervention, model: nn.Module, directory: str | P
                              bias="none", fan_in_fan_out=conv1d, task_type="CAUSAL_LM",
                              base_model_name_or_path=getattr(model.config, "_name_or_path", None))
     prefix = f"base_model.model.{name}"
-    tensors = {f"{prefix}.lora_A.weight": intervention.lora_A.detach().T.contiguous().float(),
-               f"{prefix}.lora_B.weight": (float(multiplier) * intervention.lora_B.detach().T).contiguous().float()}
+    tensors = {f"{prefix}.lora_A.weight": lora_a, f"{prefix}.lora_B.weight": lora_b}
     with atomic_dir(directory, owned=PEFT_FILES, what="peft adapter") as tmp:
         peft_config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})

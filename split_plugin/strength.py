@@ -41,7 +41,7 @@ def edit_ratio(model: nn.Module, tokenizer, intervention: Intervention, text: st
             h.remove()
     real = mask.to(device).bool()
     h_norm = seen["h"][real].float().norm(dim=-1).median()
-    x = seen["x"][real] if intervention.form != "vector" else None
+    x = seen["x"][real] if intervention.strategy.reads_input else None
     delta = intervention.delta(1.0, x=x, like=seen["h"][real])
     return float(delta.norm(dim=-1).median() / h_norm)
 

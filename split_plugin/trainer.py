@@ -251,7 +251,7 @@ class _Trainer:
         device = enc.input_ids.device
         index, multipliers = index.to(device), multipliers.to(device)
         tokens = AnswerTokens.from_labels(enc.labels[index])
-        with self._autocast(), self.intervention.apply(self.model, multipliers, layout=self.layout):
+        with self._autocast(), self.intervention.steer(self.model, multipliers, layout=self.layout):
             if self.config.prefix_cache:
                 prefix = self.prefix(key)
                 if self.config.answer_only_head:
@@ -330,7 +330,7 @@ class _Trainer:
         prefix, mask, ref_logp = self.kl_windows[step % len(self.kl_windows)]
         multipliers = torch.tensor([strength, -strength], device=mask.device)
         index = torch.zeros(2, dtype=torch.long)
-        with self._autocast(), self.intervention.apply(self.model, multipliers, layout=self.layout):
+        with self._autocast(), self.intervention.steer(self.model, multipliers, layout=self.layout):
             logits = run_suffix(self.layout, prefix, index)
         logp = torch.log_softmax(logits.float(), -1)
         kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)

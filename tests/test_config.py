@@ -52,3 +52,12 @@ def test_missing_and_binary_files(tmp_path):
     bad.write_bytes(b"\xff\xfe\x00layer")
     with pytest.raises(SplitPluginError):
         TrainConfig.from_yaml(bad)
+
+
+@pytest.mark.parametrize("form, factors", [("vector", [2.0, 20.0]), ("lora", [0.2, 2.0]),
+                                           ("local_weight", [0.2, 2.0])])
+def test_unset_factors_are_the_forms_own(form, factors):
+    """`train(..., {"form": "lora"})` used to train a LoRA at the vector strengths 2..20."""
+    config = TrainConfig.from_dict({"layer": 1, "form": form})
+    assert [config.factors[0], config.factors[-1]] == factors and len(config.factors) == 10
+    assert TrainConfig(layer=1, form=form, factors=[3]).factors == [3.0]

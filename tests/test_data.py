@@ -309,6 +309,32 @@ def test_no_template_fallback():
     assert answer_suffix(tok) == tok.eos_token
 
 
+class _BuggyTemplate:
+    """A tokenizer whose template code fails for a reason that is not the template refusing."""
+
+    chat_template = "{{ messages }}"
+    eos_token = "</s>"
+
+    def apply_chat_template(self, messages, **kwargs):
+        raise RuntimeError("a bug, not a refusal")
+
+
+def test_template_bugs_are_not_swallowed():
+    """_render and answer_suffix used to turn any exception into a fallback."""
+    with pytest.raises(RuntimeError, match="a bug"):
+        format_prompt(_BuggyTemplate(), "Hi?", system_prompt="S")
+    with pytest.raises(RuntimeError, match="a bug"):
+        answer_suffix(_BuggyTemplate())
+
+
+def test_a_template_that_refuses_the_system_role_gets_it_merged_into_the_user_turn(tok):
+    tok.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+                         "supported') }}{% endif %}" + tok.chat_template)
+    assert format_prompt(tok, "Hi?", system_prompt="S").startswith("<|im_start|>user\nS\n\nHi?")
+    tok.chat_template = "{{ raise_exception('no assistant turns') }}"
+    assert answer_suffix(tok) == tok.eos_token
+
+
 # --------------------------------------------------------------------------- encode_pairs
 
 PAIRS = [

@@ -56,7 +56,7 @@ def test_hook_equals_hand_formula(arch, form):
     model = tiny_model(arch)
     iv = make(model, form)
     x = ids()
-    with iv.apply(model, multiplier=1.7):
+    with iv.steer(model, multiplier=1.7):
         got = logits(model, x)
     want = expected_logits(model, iv, x, 1.7)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
@@ -70,11 +70,11 @@ def test_zero_multiplier_and_removal_are_bit_exact(arch, form):
     x = ids()
     before = logits(model, x)
     iv = make(model, form)
-    with iv.apply(model, multiplier=0.0):
+    with iv.steer(model, multiplier=0.0):
         assert torch.equal(logits(model, x), before)
-    with iv.apply(model, multiplier=torch.zeros(3)):
+    with iv.steer(model, multiplier=torch.zeros(3)):
         assert torch.equal(logits(model, x), before)
-    handle = iv.apply(model, multiplier=2.0)
+    handle = iv.steer(model, multiplier=2.0)
     assert not torch.equal(logits(model, x), before)
     handle.remove()
     handle.remove()  # idempotent
@@ -87,10 +87,10 @@ def test_per_row_multipliers_equal_separate_runs(form):
     iv = make(model, form)
     x = ids(batch=4)
     ms = torch.tensor([-2.0, 0.0, 0.5, 3.0])
-    with iv.apply(model, multiplier=ms):
+    with iv.steer(model, multiplier=ms):
         batched = logits(model, x)
     for row, m in enumerate(ms.tolist()):
-        with iv.apply(model, multiplier=m):
+        with iv.steer(model, multiplier=m):
             single = logits(model, x[row:row + 1])
         assert torch.allclose(batched[row], single[0], atol=1e-5)
 
@@ -98,7 +98,7 @@ def test_per_row_multipliers_equal_separate_runs(form):
 def test_wrong_per_row_shape_is_refused():
     model = tiny_model("llama")
     iv = make(model, "vector")
-    with iv.apply(model, multiplier=torch.ones(5)):
+    with iv.steer(model, multiplier=torch.ones(5)):
         with pytest.raises(SplitPluginError, match=r"shape \[batch\] = \[3\]"):
             logits(model, ids())
 
@@ -110,7 +110,7 @@ def test_fold_equals_hook_and_unfold_is_exact(arch, form):
     iv = make(model, form)
     x = ids()
     before = logits(model, x)
-    with iv.apply(model, multiplier=1.3):
+    with iv.steer(model, multiplier=1.3):
         hooked = logits(model, x)
     if form == "vector" and arch == "gemma2":
         with pytest.raises(SplitPluginError, match="post_feedforward_layernorm"):
@@ -139,11 +139,11 @@ def test_hooks_removed_when_forward_raises():
     model = tiny_model("llama")
     iv = make(model, "lora")
     with pytest.raises(RuntimeError, match="boom"):
-        with iv.apply(model, multiplier=1.0):
+        with iv.steer(model, multiplier=1.0):
             raise RuntimeError("boom")
     assert all(not m._forward_hooks for m in model.modules())
     with pytest.raises(SplitPluginError):
-        with iv.apply(model, multiplier=torch.ones(7)):
+        with iv.steer(model, multiplier=torch.ones(7)):
             logits(model, ids())
     assert all(not m._forward_hooks for m in model.modules())
 
@@ -152,7 +152,7 @@ def test_trainable_tensors_are_fp32_on_a_bf16_model():
     model = tiny_model("llama", dtype=torch.bfloat16)
     iv = make(model, "lora")
     assert all(p.dtype == torch.float32 for p in iv.parameters())
-    with iv.apply(model, multiplier=1.0):
+    with iv.steer(model, multiplier=1.0):
         out = logits(model, ids())
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
@@ -179,4 +179,4 @@ def test_bad_construction_messages(kwargs, message):
 def test_intervention_from_another_shape_is_refused():
     iv = make(tiny_model("llama"), "local_weight")
     with pytest.raises(SplitPluginError, match="intermediate size 48.*has hidden size 32 and intermediate size 128"):
-        iv.apply(tiny_model("gpt2"))
+        iv.steer(tiny_model("gpt2"))

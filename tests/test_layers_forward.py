@@ -83,10 +83,10 @@ def test_suffix_with_stacked_multipliers_equals_hooked_full_forward(form):
     ids = torch.randint(4, 100, (2, 6))
     prefix = capture_prefix(layout, 1, ids)
     ms = torch.tensor([-1.0, -1.0, 2.0, 2.0])
-    with torch.no_grad(), iv.apply(model, multiplier=ms):
+    with torch.no_grad(), iv.steer(model, multiplier=ms):
         stacked = run_suffix(layout, prefix, stacked_index(prefix.batch_size, 2))
     for k, m in enumerate([-1.0, 2.0]):
-        with torch.no_grad(), iv.apply(model, multiplier=m):
+        with torch.no_grad(), iv.steer(model, multiplier=m):
             assert torch.allclose(stacked[2 * k:2 * k + 2], model(ids).logits, atol=1e-5)
 
 

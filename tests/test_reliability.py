@@ -214,7 +214,7 @@ def test_bad_multiplier_is_refused_before_any_hook(bad):
     snap = snapshot(model)
     iv = randomized(model, "local_weight")
     with pytest.raises(SplitPluginError, match="multiplier must be a finite number"):
-        iv.apply(model, bad)
+        iv.steer(model, bad)
     with pytest.raises(SplitPluginError, match="fold takes one finite number as the multiplier"):
         iv.fold(model, bad)
     with pytest.raises(SplitPluginError, match="fold takes one finite number"):
@@ -238,7 +238,7 @@ def test_intervention_for_another_model_apply_and_fold(source, target, form, mes
     model = user_model(target)
     snap = snapshot(model)
     with pytest.raises(SplitPluginError, match=message):
-        iv.apply(model, 1.0)
+        iv.steer(model, 1.0)
     with pytest.raises(SplitPluginError, match=message):
         iv.fold(model, 1.0)
     assert_intact(model, snap)
@@ -249,7 +249,7 @@ def test_intervention_for_another_layer_count():
     model = user_model()
     del model.model.layers[3]
     snap = snapshot(model)
-    for call in (lambda: iv.apply(model), lambda: iv.fold(model)):
+    for call in (lambda: iv.steer(model), lambda: iv.fold(model)):
         with pytest.raises(SplitPluginError, match="layer 3 is out of range: this llama model has 3 decoder"):
             call()
     assert_intact(model, snap)
@@ -259,7 +259,7 @@ def test_type_check_can_be_overridden_when_the_weights_are_the_same():
     iv = randomized(tiny_model("llama"), "vector")
     model = tiny_model("gpt_neox")
     iv.config.model_type = "gpt_neox"
-    with iv.apply(model, 1.0):
+    with iv.steer(model, 1.0):
         pass
     assert hooked_modules(model) == []
 

@@ -68,13 +68,13 @@ def test_peft_export_matches_our_logits_and_imports_back(tmp_path, arch):
     model = tiny_model(arch)
     iv = make(model, "lora")
     x = ids()
-    with iv.apply(model, multiplier=1.5):
+    with iv.steer(model, multiplier=1.5):
         ours = logits(model, x)
     export_peft(iv, model, tmp_path / "adapter", multiplier=1.5)
     peft_model = PeftModel.from_pretrained(tiny_model(arch), str(tmp_path / "adapter")).eval()
     assert torch.allclose(logits(peft_model, x), ours, atol=1e-5)
     back = import_peft(tmp_path / "adapter", model)
-    with back.apply(model, multiplier=1.0):
+    with back.steer(model, multiplier=1.0):
         assert torch.allclose(logits(model, x), ours, atol=1e-5)
 
 

@@ -24,7 +24,7 @@ def cfg(**kw):
 def hand_logprobs(model, tok, pair, intervention, m):
     """log P(answer | question) of both answers by a plain hooked forward."""
     enc = encode_pairs(tok, [pair])
-    with torch.no_grad(), intervention.apply(model, multiplier=m):
+    with torch.no_grad(), intervention.steer(model, multiplier=m):
         logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
     tokens = AnswerTokens.from_labels(enc.labels)
     lp = sequence_logprobs(logits[tokens.rows, tokens.positions], tokens)

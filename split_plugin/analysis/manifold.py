@@ -243,7 +243,7 @@ def manifold_report(model: nn.Module, tokenizer, intervention: Intervention,
         scale = {i: float(base[i].norm(dim=-1).median()) for i in layers}
         rows = []
         for m in tqdm(ms, desc="manifold", disable=not progress, leave=False):
-            with intervention.apply(model, m, layout=layout):
+            with intervention.steer(model, m, layout=layout):
                 steered = _token_states(layout, queries, layers, keep)
             rows.extend({"multiplier": m, "layer": i,
                          **_statistics(steered[i], base[i], directions[i], clouds[i], knn, scale[i]),

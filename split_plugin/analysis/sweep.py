@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import HELDOUT_WORDS, ContrastivePair, encode_pairs, encode_texts, load_heldout_text
-from ..errors import SplitPluginError
+from ..errors import PerRowMultiplierError, SplitPluginError
 from ..forward import Prefix, capture_prefix, run_suffix
 from ..intervention import Intervention
 from ..layers import ArchSpec, ModelLayout, resolve_layout
@@ -124,7 +124,7 @@ class _Scorer:
         """The plain thing: a full forward with full logits per multiplier."""
         out = []
         for m in self.multipliers:
-            with self.intervention.apply(self.layout.model, m, layout=self.layout):
+            with self.intervention.steer(self.layout.model, m, layout=self.layout):
                 logits = self.layout.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                            use_cache=False).logits
             out.append(sequence_logprobs(logits[batch.rows, batch.positions], batch.tokens))
@@ -153,8 +153,8 @@ class _Scorer:
             group = multipliers[start:start + k]
             try:
                 out.append(self._suffix(prefix, batch, group))
-            except SplitPluginError as exc:
-                if "per-row multiplier" not in str(exc) or len(group) == 1:
+            except PerRowMultiplierError:
+                if len(group) == 1:
                     raise
                 # the down projection sees flattened [rows * T, d] inputs (OPT): no per-row m
                 self.stackable = False
@@ -167,7 +167,7 @@ class _Scorer:
         multiplier = torch.tensor(group, dtype=torch.float32, device=self.device).repeat_interleave(
             batch.batch_size) if k > 1 else group[0]
         rows, positions, tokens = batch.stacked(k)
-        with self.intervention.apply(self.layout.model, multiplier, layout=self.layout):
+        with self.intervention.steer(self.layout.model, multiplier, layout=self.layout):
             logits = run_suffix(self.layout, prefix, repeat=k, rows=rows, positions=positions)
         return sequence_logprobs(logits, tokens).view(k, batch.output_rows)
 

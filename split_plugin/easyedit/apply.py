@@ -207,7 +207,7 @@ def apply_split_to_model(model: nn.Module, tok: Any, requests: Sequence[Mapping]
     finally:
         if side is not None:
             tok.padding_side = side
-    handle = intervention.apply(model, hparams.resolved_multiplier(), layout=layout)
+    handle = intervention.steer(model, hparams.resolved_multiplier(), layout=layout)
     weights_copy = SplitWeightsCopy(handle, model, restore_on_items=bool(keep_original_weight))
     _track(model, _edits(model) + [weights_copy])
     return model, weights_copy
