@@ -23,16 +23,6 @@ class AnswerTokens:
         rows, pos = mask.nonzero(as_tuple=True)
         return cls(rows=rows, positions=pos, targets=labels[:, 1:][rows, pos], counts=mask.sum(1))
 
-    def repeat(self, times: int) -> "AnswerTokens":
-        """The same tokens for a batch stacked `times` times (copy k holds rows k*B .. k*B+B-1)."""
-        if times == 1:
-            return self
-        batch = self.counts.shape[0]
-        offsets = torch.arange(times, device=self.rows.device).repeat_interleave(self.rows.numel())
-        return AnswerTokens(rows=self.rows.repeat(times) + offsets * batch,
-                            positions=self.positions.repeat(times), targets=self.targets.repeat(times),
-                            counts=self.counts.repeat(times))
-
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) per token, computed in fp32 whatever the logits' dtype."""

@@ -28,8 +28,9 @@ from .fileio import atomic_path
 from .forward import Prefix, capture_prefix, run_suffix
 from .intervention import Intervention
 from .layers import ModelLayout, resolve_layout
-from .objectives import AnswerTokens, nll, reps_loss, sequence_logprobs, split_loss
+from .objectives import nll, reps_loss, split_loss
 from .safety import check_device, frozen
+from .scoring import ScoringBatch, answer_logprobs
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -191,6 +192,7 @@ class _Trainer:
         self.steps_per_epoch = math.ceil(len(self.batches) / config.grad_accum)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.encoded: dict[int, PairBatch] = {}
+        self.scoring: dict[int, ScoringBatch] = {}
         self.references: dict[int, torch.Tensor] = {}
         self.store = _PrefixStore(config.cache_limit_mb * 2**20)
         self.kl_windows: list[tuple[Prefix, torch.Tensor, torch.Tensor]] = []
@@ -247,23 +249,16 @@ class _Trainer:
     # -- scoring -------------------------------------------------------------------------
     def _logprobs(self, key: int, index: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
         """Answer log-prob sums of sequences `index` of a batch, each at its own multiplier."""
-        enc = self.batch(key)
-        device = enc.input_ids.device
-        index, multipliers = index.to(device), multipliers.to(device)
-        tokens = AnswerTokens.from_labels(enc.labels[index])
-        with self._autocast(), self.intervention.steer(self.model, multipliers, layout=self.layout):
-            if self.config.prefix_cache:
-                prefix = self.prefix(key)
-                if self.config.answer_only_head:
-                    logits = run_suffix(self.layout, prefix, index, rows=tokens.rows,
-                                        positions=tokens.positions)
-                else:
-                    logits = run_suffix(self.layout, prefix, index)[tokens.rows, tokens.positions]
-            else:
-                logits = self.model(input_ids=enc.input_ids[index],
-                                    attention_mask=enc.attention_mask[index],
-                                    use_cache=False).logits[tokens.rows, tokens.positions]
-        return sequence_logprobs(logits, tokens)
+        if key not in self.scoring:
+            enc = self.batch(key)
+            self.scoring[key] = ScoringBatch.plain(enc.input_ids, enc.attention_mask, enc.labels)
+        device = self.scoring[key].input_ids.device
+        prefix = self.prefix(key) if self.config.prefix_cache else None
+        with self._autocast():
+            return answer_logprobs(self.model, self.scoring[key], intervention=self.intervention,
+                                   multiplier=multipliers.to(device), index=index.to(device),
+                                   layout=self.layout, prefix=prefix,
+                                   answer_only_head=self.config.answer_only_head)
 
     def _autocast(self):
         device = next(self.model.parameters()).device

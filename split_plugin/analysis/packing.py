@@ -14,49 +14,13 @@ short answers. The first packed batch of a sweep is checked against the unpacked
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from ..objectives import AnswerTokens
-
-
-@dataclass
-class ScoringBatch:
-    """Model inputs and where each scored token is predicted: rows of the batch, summed per output row.
-
-    Plain batches score their own rows; packed batches have B rows holding 2B output rows
-    (2i positive, 2i+1 negative answer of pair i).
-    """
-
-    input_ids: torch.Tensor                # [B, T]
-    attention_mask: torch.Tensor           # [B, T], or [B, 1, T, T] additive float (0 = attend)
-    position_ids: torch.Tensor | None      # [B, T] when they are not 0..T-1
-    rows: torch.Tensor                     # [n] batch row of each scored token
-    positions: torch.Tensor                # [n] position whose logits predict it
-    tokens: AnswerTokens                   # targets, output row of each token, counts per output row
-
-    @classmethod
-    def plain(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> "ScoringBatch":
-        """Score each row's labelled tokens (labels = -100 elsewhere)."""
-        tokens = AnswerTokens.from_labels(labels)
-        return cls(input_ids, attention_mask, None, tokens.rows, tokens.positions, tokens)
-
-    @property
-    def batch_size(self) -> int:
-        return self.input_ids.shape[0]
-
-    @property
-    def output_rows(self) -> int:
-        return self.tokens.counts.shape[0]
-
-    def stacked(self, times: int) -> tuple[torch.Tensor, torch.Tensor, AnswerTokens]:
-        """(rows, positions, tokens) for the batch stacked `times` times (copy j after copy j-1)."""
-        offsets = torch.arange(times, device=self.rows.device).repeat_interleave(self.rows.numel())
-        return (self.rows.repeat(times) + offsets * self.batch_size, self.positions.repeat(times),
-                self.tokens.repeat(times))
+from ..scoring import ScoringBatch
 
 
 def _split_row(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):

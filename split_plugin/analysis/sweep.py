@@ -22,13 +22,13 @@ from tqdm.auto import tqdm
 
 from ..data import HELDOUT_WORDS, ContrastivePair, encode_pairs, encode_texts, load_heldout_text
 from ..errors import PerRowMultiplierError, SplitPluginError
-from ..forward import Prefix, capture_prefix, run_suffix
+from ..forward import Prefix, capture_prefix, stacked_index
 from ..intervention import Intervention
 from ..layers import ArchSpec, ModelLayout, resolve_layout
-from ..objectives import sequence_logprobs
 from ..safety import frozen
 from ..version import __version__
-from .packing import ScoringBatch, pack_pairs, position_ids_for
+from ..scoring import ScoringBatch, answer_logprobs
+from .packing import pack_pairs, position_ids_for
 from .result import SweepResult
 from .stats import check_multipliers
 
@@ -122,13 +122,8 @@ class _Scorer:
 
     def _naive(self, batch: ScoringBatch) -> torch.Tensor:
         """The plain thing: a full forward with full logits per multiplier."""
-        out = []
-        for m in self.multipliers:
-            with self.intervention.steer(self.layout.model, m, layout=self.layout):
-                logits = self.layout.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                           use_cache=False).logits
-            out.append(sequence_logprobs(logits[batch.rows, batch.positions], batch.tokens))
-        return torch.stack(out)
+        return torch.stack([answer_logprobs(self.layout.model, batch, intervention=self.intervention,
+                                            multiplier=m, layout=self.layout) for m in self.multipliers])
 
     def group_size(self, rows: int, n_tokens: int) -> int:
         """How many multipliers share one pass: at most `max_rows` rows and LOGITS_BUDGET logits."""
@@ -166,10 +161,10 @@ class _Scorer:
         k = len(group)
         multiplier = torch.tensor(group, dtype=torch.float32, device=self.device).repeat_interleave(
             batch.batch_size) if k > 1 else group[0]
-        rows, positions, tokens = batch.stacked(k)
-        with self.intervention.steer(self.layout.model, multiplier, layout=self.layout):
-            logits = run_suffix(self.layout, prefix, repeat=k, rows=rows, positions=positions)
-        return sequence_logprobs(logits, tokens).view(k, batch.output_rows)
+        index = stacked_index(batch.batch_size, k) if k > 1 else None
+        scores = answer_logprobs(self.layout.model, batch, intervention=self.intervention,
+                                 multiplier=multiplier, index=index, layout=self.layout, prefix=prefix)
+        return scores.view(k, batch.output_rows)
 
 
 def _score_pairs(scorer: _Scorer, tokenizer, pairs: list[ContrastivePair], batch_size: int,

@@ -30,9 +30,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..data import ContrastivePair, encode_pairs
+from ..data import ContrastivePair, PairBatch, encode_pairs
 from ..fileio import atomic_write_text
-from ..objectives import AnswerTokens, preference_log_odds, sequence_logprobs, utility_log_odds
+from ..objectives import preference_log_odds, utility_log_odds
+from ..scoring import ScoringBatch, answer_logprobs
 from .apply import requests_to_pairs
 
 METRIC_KEYS = ("pref_log_odds", "util_log_odds", "pref_acc")
@@ -60,11 +61,8 @@ def _log_probs(model: torch.nn.Module, tok: Any, pairs: list[ContrastivePair], f
     """Sequence log-probabilities of each pair's positive and negative answer."""
     batch = encode_pairs(tok, pairs, max_length=max_length, padding_side="right", prompt_format=fmt)
     batch = batch.to(next(model.parameters()).device)
-    tokens = AnswerTokens.from_labels(batch.labels)
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    logits = out.logits if hasattr(out, "logits") else out
-    lp = sequence_logprobs(logits[tokens.rows, tokens.positions].float(), tokens)
-    return lp[0::2], lp[1::2]
+    lp = answer_logprobs(model, ScoringBatch.plain(batch.input_ids, batch.attention_mask, batch.labels))
+    return PairBatch.split_pairs(lp)
 
 
 def _mean_pref(lp_pos: torch.Tensor, lp_neg: torch.Tensor) -> tuple[float, float]:

@@ -1,0 +1,108 @@
+"""The one scoring kernel: per-row answer log-prob sums, each row at its own multiplier.
+
+The trainer, the sweep, the EasyEdit metrics and the benchmarks all score answers with
+`answer_logprobs`. A `ScoringBatch` says where each scored token is predicted (batch row,
+position) and which output row its log-prob adds to: plain batches score their own rows,
+packed ones (analysis/packing.py) hold both answers of a pair in one row. With a cached
+`Prefix` only layers L.. run (and, by default, the LM head only where a token is scored).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .forward import Prefix, run_suffix
+from .layers import ModelLayout
+from .objectives import AnswerTokens, sequence_logprobs
+from .steering import Multiplier
+
+
+@dataclass
+class ScoringBatch:
+    """Model inputs and where each scored token is predicted: rows of the batch, summed per output row.
+
+    Plain batches score their own rows; packed batches have B rows holding 2B output rows
+    (2i positive, 2i+1 negative answer of pair i).
+    """
+
+    input_ids: torch.Tensor                # [B, T]
+    attention_mask: torch.Tensor           # [B, T], or [B, 1, T, T] additive float (0 = attend)
+    position_ids: torch.Tensor | None      # [B, T] when they are not 0..T-1
+    rows: torch.Tensor                     # [n] batch row of each scored token
+    positions: torch.Tensor                # [n] position whose logits predict it
+    tokens: AnswerTokens                   # targets, output row of each token, counts per output row
+
+    @classmethod
+    def plain(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> "ScoringBatch":
+        """Score each row's labelled tokens (labels = -100 elsewhere)."""
+        tokens = AnswerTokens.from_labels(labels)
+        return cls(input_ids, attention_mask, None, tokens.rows, tokens.positions, tokens)
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def output_rows(self) -> int:
+        return self.tokens.counts.shape[0]
+
+    def select(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, AnswerTokens]:
+        """(rows, positions, tokens) of the scored tokens for batch rows `index` (repeats allowed).
+
+        Selected row j takes the tokens of batch row index[j] and the output rows that row
+        feeds (j for a plain batch; 2j, 2j+1 for a packed one), so results come back by index.
+        """
+        index = index.to(self.rows.device)
+        per_row = torch.bincount(self.rows, minlength=self.batch_size)  # tokens are grouped by row
+        lengths = per_row[index]
+        starts = torch.repeat_interleave(per_row.cumsum(0)[index] - lengths, lengths)
+        within = torch.arange(int(lengths.sum()), device=index.device) \
+            - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+        picked = starts + within
+        new_rows = torch.repeat_interleave(torch.arange(index.numel(), device=index.device), lengths)
+        per_out = self.output_rows // self.batch_size
+        source = torch.repeat_interleave(index, lengths)
+        out_rows = new_rows * per_out + (self.tokens.rows[picked] - source * per_out)
+        counts = self.tokens.counts.view(self.batch_size, per_out)[index].reshape(-1)
+        tokens = AnswerTokens(rows=out_rows, positions=self.positions[picked],
+                              targets=self.tokens.targets[picked], counts=counts)
+        return new_rows, tokens.positions, tokens
+
+
+def answer_logprobs(model: nn.Module, batch: ScoringBatch, *, intervention: nn.Module | None = None,
+                    multiplier: Multiplier = 0.0, index: torch.Tensor | None = None,
+                    layout: ModelLayout | None = None, prefix: Prefix | None = None,
+                    answer_only_head: bool = True) -> torch.Tensor:
+    """Answer log-prob sums per output row, of batch rows `index` (all rows when None).
+
+    `intervention` steers at `multiplier` (a float, or one value per selected row); without
+    one the model is scored as it is (hooks included). With `prefix` (the cached inputs of
+    the intervention's layer, `layout` required) only the layers from there up run.
+    """
+    if index is None:
+        rows, positions, tokens = batch.rows, batch.positions, batch.tokens
+    else:
+        rows, positions, tokens = batch.select(index)
+    steering = intervention.steer(model, multiplier, layout=layout) if intervention is not None \
+        else contextlib.nullcontext()
+    with steering:
+        if prefix is not None:
+            if answer_only_head:
+                logits = run_suffix(layout, prefix, index, rows=rows, positions=positions)
+            else:
+                logits = run_suffix(layout, prefix, index)[rows, positions]
+        else:
+            logits = _full_logits(model, batch, index)[rows, positions]
+    return sequence_logprobs(logits, tokens)
+
+
+def _full_logits(model: nn.Module, batch: ScoringBatch, index: torch.Tensor | None) -> torch.Tensor:
+    """[rows, T, vocab] logits of a plain full forward over the (selected) batch rows."""
+    pick = (lambda t: t) if index is None else (lambda t: t[index.to(t.device)])
+    extra = {"position_ids": pick(batch.position_ids)} if batch.position_ids is not None else {}
+    out = model(input_ids=pick(batch.input_ids), attention_mask=pick(batch.attention_mask),
+                use_cache=False, **extra)
+    return out.logits if hasattr(out, "logits") else out
