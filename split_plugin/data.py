@@ -455,6 +455,17 @@ class PairBatch:
         """Number of pairs (half the rows)."""
         return len(self) // 2
 
+    @staticmethod
+    def pair_rows(pairs: torch.Tensor, negative: bool) -> torch.Tensor:
+        """The rows holding pairs `pairs`' positive (or negative) answer."""
+        return 2 * pairs + int(negative)
+
+    @staticmethod
+    def split_pairs(per_row: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positive rows, negative rows) of a tensor with one entry per row along `dim`."""
+        index = [slice(None)] * dim
+        return per_row[(*index, slice(0, None, 2))], per_row[(*index, slice(1, None, 2))]
+
     def to(self, device: torch.device | str) -> "PairBatch":
         """A copy with every tensor on `device`."""
         return replace(self, **{k: getattr(self, k).to(device) for k in _TENSOR_FIELDS})

@@ -1,4 +1,6 @@
-"""Run a frozen model from layer L upward only: the prefix below L does not depend on m.
+"""Run a frozen model from layer L upward only, and capture what layers see and give.
+
+The prefix below layer L does not depend on m.
 
 `capture_prefix` runs the model once with layers L..N-1 swapped for recorders that keep the
 arguments the model built for them (masks, rotary embeddings, per-layer-type masks) and stop
@@ -9,7 +11,7 @@ the rows optionally repeated so several multipliers share one batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -17,8 +19,8 @@ from torch import nn
 from .layers import ModelLayout
 
 
-class _StopForward(Exception):
-    """Raised by the last recorder: nothing after the layers is needed."""
+class StopForward(Exception):
+    """Raised from inside a forward once everything needed has been seen (the one such signal)."""
 
 
 class _Recorder(nn.Module):
@@ -38,7 +40,7 @@ class _Recorder(nn.Module):
     def forward(self, hidden, *args, **kwargs):
         self._store.append((args, kwargs))
         if self._last:
-            raise _StopForward
+            raise StopForward
         return hidden
 
 
@@ -71,7 +73,7 @@ def capture_prefix(layout: ModelLayout, layer: int, input_ids: torch.Tensor,
         try:
             with torch.no_grad():
                 layout.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        except _StopForward:
+        except StopForward:
             pass
         finally:
             pre.remove()
@@ -127,3 +129,47 @@ def run_suffix(layout: ModelLayout, prefix: Prefix, index: torch.Tensor | None =
     if rows is not None:
         hidden = hidden[rows, positions]
     return layout.finish(hidden)
+
+
+def capture(layout: ModelLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+            outputs_of: Sequence[int], inputs_of: Sequence[int] = ()) -> tuple[dict, dict]:
+    """({layer: output [B, T, d] fp32}, {layer: down projection input}); stops after the last layer.
+
+    Hooks already on the model (a steering intervention) act first, so this sees steered states.
+    """
+    outputs: dict[int, torch.Tensor] = {}
+    inputs: dict[int, torch.Tensor] = {}
+    top = max([*outputs_of, *inputs_of])
+
+    def keep_output(index: int):
+        def hook(module, args, output):
+            outputs[index] = (output[0] if isinstance(output, tuple) else output).float()
+            if index == top:
+                raise StopForward
+        return hook
+
+    def keep_input(index: int):
+        def hook(module, args, output):
+            inputs[index] = args[0]
+        return hook
+
+    handles = []
+    try:
+        for index in inputs_of:
+            handles.append(layout.down_proj(index).register_forward_hook(keep_input(index)))
+        for index in sorted(set(outputs_of) | {top}):
+            handles.append(layout.layer(index).register_forward_hook(keep_output(index)))
+        with torch.no_grad():
+            layout.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {i: outputs[i] for i in outputs_of}, inputs
+
+
+def layer_outputs(layout: ModelLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Hidden states ([B, T, d], fp32) leaving each of `layers`; the forward stops after the last."""
+    return capture(layout, input_ids, attention_mask, layers)[0]

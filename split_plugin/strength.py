@@ -13,37 +13,26 @@ import torch
 from torch import nn
 
 from .data import encode_texts
+from .forward import capture
 from .intervention import Intervention
-from .layers import resolve_layout
+from .layers import LayoutLike, resolve_layout
 
 
 @torch.no_grad()
 def edit_ratio(model: nn.Module, tokenizer, intervention: Intervention, text: str,
-               max_length: int = 128, max_windows: int = 4) -> float:
+               max_length: int = 128, max_windows: int = 4, layout: LayoutLike = None) -> float:
     """median |delta at m=1| / median |h_L| over the tokens of `text`."""
-    layout = resolve_layout(model)
+    layout = resolve_layout(model, layout)
     ids, mask, _ = encode_texts(tokenizer, [text], max_length=max_length)
     ids, mask = ids[:max_windows], mask[:max_windows]
     device = next(model.parameters()).device
-    seen: dict[str, torch.Tensor] = {}
-
-    def keep(name):
-        def hook(module, args, output):
-            seen[name] = args[0] if name == "x" else (output[0] if isinstance(output, tuple) else output)
-        return hook
-
-    hooks = [layout.layer(intervention.layer).register_forward_hook(keep("h")),
-             layout.down_proj(intervention.layer).register_forward_hook(keep("x"))]
-    try:
-        model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    layer = intervention.layer
+    outputs, inputs = capture(layout, ids.to(device), mask.to(device), [layer], [layer])
     real = mask.to(device).bool()
-    h_norm = seen["h"][real].float().norm(dim=-1).median()
-    x = seen["x"][real] if intervention.strategy.reads_input else None
-    delta = intervention.delta(1.0, x=x, like=seen["h"][real])
-    return float(delta.norm(dim=-1).median() / h_norm)
+    h = outputs[layer][real]
+    x = inputs[layer][real] if intervention.strategy.reads_input else None
+    delta = intervention.delta(1.0, x=x, like=h)
+    return float(delta.norm(dim=-1).median() / h.norm(dim=-1).median())
 
 
 def matched_multipliers(ratio_at_one: float, targets: Sequence[float]) -> list[float]:

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
+from .caa import mean_differences
 from .config import TrainConfig
 from .data import ContrastivePair, PairBatch, encode_pairs, encode_texts, load_heldout_text, read_text
 from .errors import SplitPluginError
@@ -101,37 +102,15 @@ def _cuda_devices(model: nn.Module) -> list[int]:
 
 
 # -- CAA ---------------------------------------------------------------------------------------
-class _Stop(Exception):
-    pass
-
-
-@torch.no_grad()
 def mean_difference_vector(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair],
                            config: TrainConfig, layout: ModelLayout | None = None) -> Intervention:
     """CAA: mean over pairs of (mean layer-L output over positive answer tokens - same for negative)."""
-    layout = layout or resolve_layout(model)
-    intervention = Intervention.for_model(model, "vector", config.layer)
-    diffs = []
-    for start in range(0, len(pairs), config.batch_size):
-        batch = _encode(tokenizer, pairs[start:start + config.batch_size], config, model)
-        captured = []
-
-        def grab(module, args, output):
-            captured.append(output[0] if isinstance(output, tuple) else output)
-            raise _Stop
-
-        handle = layout.layer(config.layer).register_forward_hook(grab)
-        try:
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        mask = (batch.labels != -100).unsqueeze(-1).float()
-        means = (captured[0].float() * mask).sum(1) / mask.sum(1).clamp(min=1)
-        diffs.append(means[0::2] - means[1::2])
+    layout = resolve_layout(model, layout)
+    intervention = Intervention.for_model(model, "vector", config.layer, layout=layout)
+    means = mean_differences(layout, tokenizer, pairs, [config.layer], config.batch_size,
+                             config.max_length, config.system_prompt)
     with torch.no_grad():
-        intervention.vector.copy_(torch.cat(diffs).mean(0))
+        intervention.vector.copy_(means[config.layer])
     intervention.config.concept = pairs[0].concept
     return intervention
 
@@ -275,7 +254,7 @@ class _Trainer:
         size = len(self.batches[key])  # all processes draw for the global batch, then take their slice
         strength = factors[torch.randint(len(factors), (size,), generator=generator)][self.dp.shard(size)]
         pair_rows = torch.arange(n)
-        plan = [(b, 2 * pair_rows + int(b.negative), strength * (-1.0 if b.sub else 1.0))
+        plan = [(b, PairBatch.pair_rows(pair_rows, b.negative), strength * (-1.0 if b.sub else 1.0))
                 for b in self.blocks]
         if c.joint_forward:
             joint = self._logprobs(key, torch.cat([p[1] for p in plan]), torch.cat([p[2] for p in plan]))
@@ -288,7 +267,7 @@ class _Trainer:
     def _combine(self, key: int, scores: dict, counts: torch.Tensor, n: int) -> tuple[torch.Tensor, float]:
         """Turn per-block log-probs into the method's loss (positive/negative roles per row kind)."""
         c = self.config
-        counts_pos, counts_neg = counts[0::2], counts[1::2]
+        counts_pos, counts_neg = PairBatch.split_pairs(counts)
         pos_lp, neg_lp, pos_n, neg_n, ref_pos, ref_neg = [], [], [], [], [], []
         ref = self.reference_logprobs(key) if c.method == "reps" else None
         for sub in ([False, True] if c.sub_rows else [False]):
@@ -300,8 +279,9 @@ class _Trainer:
                 neg_lp.append(scores[n_key])
                 neg_n.append(counts_pos if sub else counts_neg)
             if ref is not None:
-                ref_pos.append(ref[1::2] if sub else ref[0::2])
-                ref_neg.append(ref[0::2] if sub else ref[1::2])
+                ref_p, ref_n = PairBatch.split_pairs(ref)
+                ref_pos.append(ref_n if sub else ref_p)
+                ref_neg.append(ref_p if sub else ref_n)
         lp_pos, cnt_pos = torch.cat(pos_lp), torch.cat(pos_n)
         loss_pos = nll(lp_pos, cnt_pos, c.loss_reduction)
         if not neg_lp:

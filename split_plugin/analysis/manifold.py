@@ -31,50 +31,18 @@ from ..data import ContrastivePair, encode_pairs, encode_texts, load_heldout_tex
 from ..errors import SplitPluginError
 from ..fileio import atomic_write_text
 from ..intervention import Intervention
+from ..caa import mean_differences
+from ..forward import layer_outputs
 from ..layers import ModelLayout, resolve_layout
 from ..safety import frozen
 from .result import SweepResult, _jsonable, _nan
 from .stats import check_multipliers
 
 
-class _Stop(Exception):
-    """Raised after the highest inspected layer: nothing above it is needed."""
-
-
 def _inner_tokens(attention_mask: torch.Tensor) -> torch.Tensor:
     """Real tokens except each row's first one ([B, T] bool)."""
     mask = attention_mask.bool()
     return mask & (mask.long().cumsum(1) > 1)
-
-
-def layer_outputs(layout: ModelLayout, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    """Hidden states ([B, T, d], fp32) leaving each of `layers`; the forward stops after the last.
-
-    Hooks already on the model (an applied intervention) act first, so this sees steered states.
-    """
-    captured: dict[int, torch.Tensor] = {}
-    top = max(layers)
-
-    def grab(index: int):
-        def hook(module, args, output):
-            captured[index] = (output[0] if isinstance(output, tuple) else output).float()
-            if index == top:
-                raise _Stop
-        return hook
-
-    handles = []
-    try:
-        for index in layers:
-            handles.append(layout.layer(index).register_forward_hook(grab(index)))
-        with torch.no_grad():
-            layout.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured
 
 
 def concept_direction(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair], layer: int,
@@ -90,20 +58,11 @@ def _caa_directions(layout: ModelLayout, tokenizer, pairs: list[ContrastivePair]
     """Unit mean-difference directions at each layer."""
     if not pairs:
         raise SplitPluginError("a concept direction needs at least one pair")
-    diffs: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
-    device = next(layout.model.parameters()).device
     with frozen(layout.model):
-        for start in range(0, len(pairs), batch_size):
-            batch = encode_pairs(tokenizer, pairs[start:start + batch_size], max_length=max_length,
-                                 system_prompt=system_prompt).to(device)
-            states = layer_outputs(layout, batch.input_ids, batch.attention_mask, layers)
-            answer = (batch.labels != -100).unsqueeze(-1).float()
-            for i in layers:
-                means = (states[i] * answer).sum(1) / answer.sum(1).clamp(min=1)
-                diffs[i].append(means[0::2] - means[1::2])
+        means = mean_differences(layout, tokenizer, pairs, layers, batch_size, max_length, system_prompt)
     out = {}
     for i in layers:
-        v = torch.cat(diffs[i]).mean(0)
+        v = means[i]
         if v.norm() == 0:
             raise SplitPluginError(f"the positive and negative answers give identical states at layer {i}; "
                                    "pass a direction= explicitly")

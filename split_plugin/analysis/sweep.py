@@ -20,14 +20,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import HELDOUT_WORDS, ContrastivePair, encode_pairs, encode_texts, load_heldout_text
+from ..data import HELDOUT_WORDS, ContrastivePair, PairBatch, encode_pairs, encode_texts, load_heldout_text
 from ..errors import PerRowMultiplierError, SplitPluginError
 from ..forward import Prefix, capture_prefix, stacked_index
 from ..intervention import Intervention
 from ..layers import ArchSpec, ModelLayout, resolve_layout
 from ..safety import frozen
-from ..version import __version__
 from ..scoring import ScoringBatch, answer_logprobs
+from ..version import __version__
 from .packing import pack_pairs, position_ids_for
 from .result import SweepResult
 from .stats import check_multipliers
@@ -236,8 +236,9 @@ def sweep(model: nn.Module, tokenizer, intervention: Intervention, pairs: Sequen
         ppl, n_heldout = _perplexity(scorer, tokenizer, text, batch_size, max_length, progress) \
             if text else (None, 0)
     meta = _metadata(model, intervention, scorer, n_heldout, time.perf_counter() - started)
-    return SweepResult.from_logprobs(ms, logp[:, 0::2].numpy(), logp[:, 1::2].numpy(),
-                                     counts[0::2].numpy(), counts[1::2].numpy(), perplexity=ppl,
+    (logp_pos, logp_neg), (count_pos, count_neg) = PairBatch.split_pairs(logp, dim=1), PairBatch.split_pairs(counts)
+    return SweepResult.from_logprobs(ms, logp_pos.numpy(), logp_neg.numpy(),
+                                     count_pos.numpy(), count_neg.numpy(), perplexity=ppl,
                                      metadata=meta, bootstrap=bootstrap, seed=seed)
 
 
