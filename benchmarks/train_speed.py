@@ -30,7 +30,7 @@ from _markdown import as_code_block, captured, write_section
 import reference_trainer
 from split_plugin import load_default_model, load_pairs, train
 from split_plugin.data import answer_suffix, format_prompt
-from split_plugin.models import converted_dir, default_gguf_path
+from split_plugin.gguf_cache import converted_dir, default_gguf_path
 
 VARIANTS = {
     "ours": {},

@@ -10,6 +10,8 @@ the rows optionally repeated so several multipliers share one batch.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -55,6 +57,39 @@ class Prefix:
     @property
     def batch_size(self) -> int:
         return self.hidden.shape[0]
+
+
+class PrefixStore:
+    """Cached layer-L inputs per batch: in memory up to a size limit, else in a temp folder."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit, self.used = limit_bytes, 0
+        self.memory: dict[int, Prefix] = {}
+        self.tmp: tempfile.TemporaryDirectory | None = None
+
+    def put(self, key: int, prefix: Prefix) -> None:
+        size = prefix.hidden.numel() * prefix.hidden.element_size() * 2
+        if self.used + size <= self.limit:
+            self.memory[key], self.used = prefix, self.used + size
+            return
+        if self.tmp is None:
+            self.tmp = tempfile.TemporaryDirectory(prefix="split-prefix-")
+        torch.save(prefix, self._path(key))
+
+    def __contains__(self, key: int) -> bool:
+        return key in self.memory or (self.tmp is not None and os.path.exists(self._path(key)))
+
+    def _path(self, key: int) -> str:
+        return os.path.join(self.tmp.name, f"{key}.pt")
+
+    def get(self, key: int) -> Prefix:
+        if key in self.memory:
+            return self.memory[key]
+        return torch.load(self._path(key), weights_only=False)
+
+    def close(self) -> None:
+        if self.tmp is not None:
+            self.tmp.cleanup()
 
 
 def capture_prefix(layout: ModelLayout, layer: int, input_ids: torch.Tensor,

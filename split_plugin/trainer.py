@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -22,19 +21,17 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .caa import mean_differences
+from .checkpoints import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ContrastivePair, PairBatch, encode_pairs, encode_texts, load_heldout_text, read_text
 from .errors import SplitPluginError
-from .fileio import atomic_path
-from .forward import Prefix, capture_prefix, run_suffix
+from .forward import Prefix, PrefixStore, capture_prefix, run_suffix
 from .intervention import Intervention
 from .layers import ModelLayout, resolve_layout
 from .objectives import nll, reps_loss, split_loss
 from .safety import check_device, frozen
 from .scoring import ScoringBatch, answer_logprobs
 
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
 
 
 def as_train_config(config: TrainConfig | Mapping | str | os.PathLike) -> TrainConfig:
@@ -130,33 +127,6 @@ class _Block:
     negative: bool  # scores the pair's negative answer
 
 
-class _PrefixStore:
-    """Cached layer-L inputs per batch: in memory up to a size limit, else in a temp folder."""
-
-    def __init__(self, limit_bytes: int):
-        self.limit, self.used = limit_bytes, 0
-        self.memory: dict[int, Prefix] = {}
-        self.tmp: tempfile.TemporaryDirectory | None = None
-
-    def put(self, key: int, prefix: Prefix) -> None:
-        size = prefix.hidden.numel() * prefix.hidden.element_size() * 2
-        if self.used + size <= self.limit:
-            self.memory[key], self.used = prefix, self.used + size
-            return
-        if self.tmp is None:
-            self.tmp = tempfile.TemporaryDirectory(prefix="split-prefix-")
-        torch.save(prefix, os.path.join(self.tmp.name, f"{key}.pt"))
-
-    def get(self, key: int) -> Prefix:
-        if key in self.memory:
-            return self.memory[key]
-        return torch.load(os.path.join(self.tmp.name, f"{key}.pt"), weights_only=False)
-
-    def close(self) -> None:
-        if self.tmp is not None:
-            self.tmp.cleanup()
-
-
 class _Trainer:
     def __init__(self, model, tokenizer, pairs, config: TrainConfig, layout: ModelLayout):
         self.model, self.tokenizer, self.config, self.layout = model, tokenizer, config, layout
@@ -173,7 +143,7 @@ class _Trainer:
         self.encoded: dict[int, PairBatch] = {}
         self.scoring: dict[int, ScoringBatch] = {}
         self.references: dict[int, torch.Tensor] = {}
-        self.store = _PrefixStore(config.cache_limit_mb * 2**20)
+        self.store = PrefixStore(config.cache_limit_mb * 2**20)
         self.kl_windows: list[tuple[Prefix, torch.Tensor, torch.Tensor]] = []
 
     def _blocks(self) -> list[_Block]:
@@ -210,8 +180,7 @@ class _Trainer:
     def prefix(self, key: int) -> Prefix:
         if not self.config.prefix_cache:
             raise RuntimeError("prefix cache is off")
-        if key not in self.store.memory and (self.store.tmp is None or
-                                             not os.path.exists(os.path.join(self.store.tmp.name, f"{key}.pt"))):
+        if key not in self.store:
             enc = self.batch(key)
             self.store.put(key, capture_prefix(self.layout, self.config.layer, enc.input_ids,
                                                enc.attention_mask))
@@ -404,80 +373,3 @@ class _Trainer:
         for p in params:
             p.requires_grad_(False)
         return self.intervention
-
-
-# -- checkpoints ----------------------------------------------------------------------------------
-_RESUME_KEYS = ("method", "form", "layer", "rank", "alpha", "factors", "sub_rows", "batch_size",
-                "grad_accum", "epochs", "seed", "lr")
-
-
-def save_checkpoint(directory: str | os.PathLike, intervention: Intervention, optimizer, scheduler,
-                    config: TrainConfig, step: int, log: list) -> Path:
-    """Write the training state atomically (a crash mid-write keeps the previous checkpoint)."""
-    path = Path(directory) / CHECKPOINT_NAME
-    state = {"format": CHECKPOINT_FORMAT, "step": step, "config": config.to_dict(),
-             "intervention_config": intervention.config.to_dict(),
-             "intervention": {k: v.detach().cpu() for k, v in intervention.state_dict().items()},
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "log": log}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, intervention: Intervention, optimizer, scheduler,
-                    config: TrainConfig) -> tuple[int, list]:
-    """Restore training state, refusing a corrupted file or one from different settings."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SplitPluginError(f"no checkpoint at {path}; train with checkpoint_dir set first") from None
-    except Exception as exc:  # torch.load raises several types for a damaged file
-        raise SplitPluginError(f"{path} is not a readable checkpoint ({_reason(exc)}); "
-                               "it is corrupted or truncated: resume from another or train afresh") from None
-    _check_structure(state, path)
-    changed = [k for k in _RESUME_KEYS if state["config"].get(k) != config.to_dict().get(k)]
-    if changed:
-        raise SplitPluginError(f"the checkpoint was made with other settings for {changed}; resume "
-                               "with the same config")
-    saved = {k: v for k, v in state["intervention_config"].items() if k not in ("concept", "version")}
-    ours = {k: v for k, v in intervention.config.to_dict().items() if k in saved}
-    if saved != ours:
-        diff = sorted(k for k in ours if saved[k] != ours[k])
-        raise SplitPluginError(f"{path} holds an intervention with other {diff} ({[saved[k] for k in diff]} "
-                               f"there, {[ours[k] for k in diff]} here); resume with the same model and config")
-    try:
-        intervention.load_state_dict(state["intervention"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as exc:
-        raise SplitPluginError(f"{path} does not fit this training run ({_reason(exc)}); "
-                               "resume from another checkpoint or train afresh") from None
-    return state["step"], list(state["log"])
-
-
-def _reason(exc: BaseException, limit: int = 200) -> str:
-    """An exception as one short line, for wrapping it in our message."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-_STATE_TYPES = {"step": int, "config": dict, "intervention_config": dict, "intervention": dict,
-                "optimizer": dict, "scheduler": dict, "log": list}
-
-
-def _check_structure(state, path: Path) -> None:
-    """Refuse a readable file that is not one of our checkpoints (or is damaged inside)."""
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise SplitPluginError(f"{path} is not a split_plugin checkpoint (format {CHECKPOINT_FORMAT}); "
-                               "resume from a checkpoint_dir written by train()")
-    wrong = [k for k, t in _STATE_TYPES.items() if not isinstance(state.get(k), t)]
-    if wrong or state["step"] < 0:
-        raise SplitPluginError(f"{path} is a damaged checkpoint (bad or missing {wrong or ['step']}); "
-                               "resume from another or train afresh")
-    bad = [k for k, v in state["intervention"].items() if not torch.is_tensor(v) or not torch.isfinite(v).all()]
-    if bad:
-        raise SplitPluginError(f"{path} holds non-finite or non-tensor values in {bad}; resume from an "
-                               "earlier checkpoint or train afresh")

