@@ -23,7 +23,8 @@ from split_plugin import trainer as train_module
 from split_plugin.config import TrainConfig
 from split_plugin.data import ContrastivePair, load_pairs
 from split_plugin.safety import check_device, hooked_modules
-from split_plugin.trainer import CHECKPOINT_NAME, _Trainer, train
+from split_plugin.checkpoints import CHECKPOINT_NAME
+from split_plugin.trainer import _Trainer, train
 
 try:
     from split_plugin.analysis.sweep import sweep
@@ -214,7 +215,7 @@ def test_bad_multiplier_is_refused_before_any_hook(bad):
     snap = snapshot(model)
     iv = randomized(model, "local_weight")
     with pytest.raises(SplitPluginError, match="multiplier must be a finite number"):
-        iv.apply(model, bad)
+        iv.steer(model, bad)
     with pytest.raises(SplitPluginError, match="fold takes one finite number as the multiplier"):
         iv.fold(model, bad)
     with pytest.raises(SplitPluginError, match="fold takes one finite number"):
@@ -238,7 +239,7 @@ def test_intervention_for_another_model_apply_and_fold(source, target, form, mes
     model = user_model(target)
     snap = snapshot(model)
     with pytest.raises(SplitPluginError, match=message):
-        iv.apply(model, 1.0)
+        iv.steer(model, 1.0)
     with pytest.raises(SplitPluginError, match=message):
         iv.fold(model, 1.0)
     assert_intact(model, snap)
@@ -249,7 +250,7 @@ def test_intervention_for_another_layer_count():
     model = user_model()
     del model.model.layers[3]
     snap = snapshot(model)
-    for call in (lambda: iv.apply(model), lambda: iv.fold(model)):
+    for call in (lambda: iv.steer(model), lambda: iv.fold(model)):
         with pytest.raises(SplitPluginError, match="layer 3 is out of range: this llama model has 3 decoder"):
             call()
     assert_intact(model, snap)
@@ -259,7 +260,7 @@ def test_type_check_can_be_overridden_when_the_weights_are_the_same():
     iv = randomized(tiny_model("llama"), "vector")
     model = tiny_model("gpt_neox")
     iv.config.model_type = "gpt_neox"
-    with iv.apply(model, 1.0):
+    with iv.steer(model, 1.0):
         pass
     assert hooked_modules(model) == []
 
@@ -529,26 +530,26 @@ def test_checkpoint_save_killed_half_way(tmp_path, monkeypatch):
 
 
 def test_model_cache_conversion_killed_at_the_marker(tmp_path, monkeypatch):
-    from split_plugin import models
+    from split_plugin import gguf_cache, models
 
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(gguf_cache.CACHE_ENV, str(tmp_path / "cache"))
     gguf = tmp_path / "Fake.Q4_1.gguf"
     gguf.write_bytes(b"GGUF" + b"\0" * 60)
-    monkeypatch.setattr(models, "_convert_gguf", lambda g, out: (out / "config.json").write_text("{}"))
-    real_write = models._write_json
+    monkeypatch.setattr(gguf_cache, "_convert_gguf", lambda g, out: (out / "config.json").write_text("{}"))
+    real_write = gguf_cache._write_json
 
     def killed_at_marker(path, data):
-        if path.name == models.MARKER:
+        if path.name == gguf_cache.MARKER:
             path.write_text('{"half')
             raise KeyboardInterrupt
         real_write(path, data)
 
-    monkeypatch.setattr(models, "_write_json", killed_at_marker)
+    monkeypatch.setattr(gguf_cache, "_write_json", killed_at_marker)
     with pytest.raises(KeyboardInterrupt):
         models.ensure_converted(gguf)
     final = models.converted_dir(gguf)
     assert not final.exists() and names(tmp_path / "cache") == []
-    monkeypatch.setattr(models, "_write_json", real_write)
+    monkeypatch.setattr(gguf_cache, "_write_json", real_write)
     assert models.is_complete(models.ensure_converted(gguf))
 
 
