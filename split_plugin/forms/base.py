@@ -1,16 +1,27 @@
 """The `Form` protocol: what an intervention's form must say about its update."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from ..errors import SplitPluginError
 
-if TYPE_CHECKING:
-    from ..intervention import Intervention, InterventionConfig
-    from ..layers import ModelLayout
+
+class Shapes(Protocol):
+    """What a form reads of an InterventionConfig (and may fill in: lora's alpha)."""
+
+    hidden_size: int
+    intermediate_size: int | None
+    rank: int | None
+    alpha: float | None
+
+
+#: the Intervention holding the form's tensors as attributes (an nn.Module with `.config`)
+Holder = nn.Module
+#: the resolved ModelLayout of the model a form folds into
+Layout = Any
 
 
 class Form:
@@ -35,41 +46,41 @@ class Form:
         """The InterventionConfig fields this form sets from the layer's input width and its options."""
         return {"intermediate_size": d_in if self.reads_input else None, "rank": None, "alpha": None}
 
-    def check(self, config: "InterventionConfig") -> None:
+    def check(self, config: Shapes) -> None:
         """Refuse a config this form cannot use (and fill in its defaults)."""
         if self.reads_input and not config.intermediate_size:
             raise SplitPluginError(f"the {self.name} form needs intermediate_size (the down "
                                    "projection's input width)")
 
-    def scaling(self, config: "InterventionConfig") -> float:
+    def scaling(self, config: Shapes) -> float:
         """A constant factor on dW (lora's alpha / rank); 1.0 unless the form says otherwise."""
         return 1.0
 
-    def describe(self, config: "InterventionConfig") -> str:
+    def describe(self, config: Shapes) -> str:
         """Form-specific settings for `repr` (empty when there are none)."""
         return ""
 
     # -- parameters and the update ----------------------------------------------------------
-    def create(self, config: "InterventionConfig") -> dict[str, nn.Parameter]:
+    def create(self, config: Shapes) -> dict[str, nn.Parameter]:
         """The trainable tensors, in fp32, initialised so the update starts at exactly zero."""
         raise NotImplementedError
 
-    def delta_weight(self, iv: "Intervention") -> torch.Tensor | None:
+    def delta_weight(self, iv: Holder) -> torch.Tensor | None:
         """The dense dW ([in, out]) at m = 1, or None when the form has none."""
         return None
 
-    def delta_bias(self, iv: "Intervention") -> torch.Tensor | None:
+    def delta_bias(self, iv: Holder) -> torch.Tensor | None:
         """db ([out]) at m = 1, or None when the form has none."""
         return None
 
-    def delta(self, iv: "Intervention", x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    def delta(self, iv: Holder, x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         """The update at m = 1 in fp32, shaped like `like` (the hooked module's output)."""
         raise NotImplementedError
 
     # -- folding and export -------------------------------------------------------------------
-    def check_fold(self, layout: "ModelLayout", layer: int) -> None:
+    def check_fold(self, layout: Layout, layer: int) -> None:
         """Refuse to fold where writing dW and db into the weights would not equal the hook."""
 
-    def peft_tensors(self, iv: "Intervention", multiplier: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def peft_tensors(self, iv: Holder, multiplier: float) -> tuple[torch.Tensor, torch.Tensor]:
         """peft's (lora_A.weight, lora_B.weight) at strength m; only a low-rank form has them."""
         raise SplitPluginError(f"only the lora form exports as a peft adapter, not {self.name}")

@@ -1,15 +1,10 @@
 """The local_weight form: a dense dW ([in, out]) and db ([out]) on the down projection."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-from .base import Form
-
-if TYPE_CHECKING:
-    from ..intervention import Intervention, InterventionConfig
+from .base import Form, Holder, Shapes
 
 
 class LocalWeightForm(Form):
@@ -19,15 +14,15 @@ class LocalWeightForm(Form):
     hook = "down_proj"
     factors = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
 
-    def create(self, config: "InterventionConfig") -> dict[str, nn.Parameter]:
+    def create(self, config: Shapes) -> dict[str, nn.Parameter]:
         return {"delta_weight": nn.Parameter(torch.zeros(config.intermediate_size, config.hidden_size)),
                 "delta_bias": nn.Parameter(torch.zeros(config.hidden_size))}
 
-    def delta_weight(self, iv: "Intervention") -> torch.Tensor:
+    def delta_weight(self, iv: Holder) -> torch.Tensor:
         return iv.delta_weight
 
-    def delta_bias(self, iv: "Intervention") -> torch.Tensor:
+    def delta_bias(self, iv: Holder) -> torch.Tensor:
         return iv.delta_bias
 
-    def delta(self, iv: "Intervention", x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    def delta(self, iv: Holder, x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         return x.to(torch.float32) @ iv.delta_weight + iv.delta_bias

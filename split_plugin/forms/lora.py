@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import SplitPluginError
-from .base import Form
-
-if TYPE_CHECKING:
-    from ..intervention import Intervention, InterventionConfig
+from .base import Form, Holder, Shapes
 
 
 class LoraForm(Form):
@@ -24,7 +20,7 @@ class LoraForm(Form):
     def shape_fields(self, d_in: int, rank: int | None, alpha: float | None) -> dict:
         return {"intermediate_size": d_in, "rank": rank, "alpha": alpha}
 
-    def check(self, config: "InterventionConfig") -> None:
+    def check(self, config: Shapes) -> None:
         super().check(config)
         limit = min(config.hidden_size, config.intermediate_size)
         rank = config.rank
@@ -36,25 +32,25 @@ class LoraForm(Form):
         if config.alpha is None:
             config.alpha = float(rank)
 
-    def scaling(self, config: "InterventionConfig") -> float:
+    def scaling(self, config: Shapes) -> float:
         return float(config.alpha) / config.rank
 
-    def describe(self, config: "InterventionConfig") -> str:
+    def describe(self, config: Shapes) -> str:
         return f", rank={config.rank}, alpha={config.alpha}"
 
-    def create(self, config: "InterventionConfig") -> dict[str, nn.Parameter]:
+    def create(self, config: Shapes) -> dict[str, nn.Parameter]:
         lora_A = nn.Parameter(torch.empty(config.intermediate_size, config.rank))
         # the fan-in init nn.Linear uses; with B = 0 the update starts at exactly zero
         nn.init.kaiming_uniform_(lora_A.T, a=math.sqrt(5))
         return {"lora_A": lora_A, "lora_B": nn.Parameter(torch.zeros(config.rank, config.hidden_size))}
 
-    def delta_weight(self, iv: "Intervention") -> torch.Tensor:
+    def delta_weight(self, iv: Holder) -> torch.Tensor:
         return iv.config.scaling * (iv.lora_A @ iv.lora_B)
 
-    def delta(self, iv: "Intervention", x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    def delta(self, iv: Holder, x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         return (x.to(torch.float32) @ iv.lora_A) @ iv.lora_B * iv.config.scaling
 
-    def peft_tensors(self, iv: "Intervention", multiplier: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def peft_tensors(self, iv: Holder, multiplier: float) -> tuple[torch.Tensor, torch.Tensor]:
         """peft computes `W x + (alpha / r) B_p A_p x`, so A_p = A^T and B_p = m B^T."""
         return (iv.lora_A.detach().T.contiguous().float(),
                 (float(multiplier) * iv.lora_B.detach().T).contiguous().float())
