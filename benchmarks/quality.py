@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from _markdown import write_section
 from split_plugin import (Intervention, TrainConfig, import_peft, load_default_model, load_heldout_text,
-                          load_pairs, preset_path, sweep, train)
+                          load_pairs, preset_path, resolve_layout, sweep, train)
 from split_plugin.data import HELDOUT_WORDS, encode_pairs
 from split_plugin.fileio import atomic_write_text
 from split_plugin.strength import edit_ratio, matched_multipliers
@@ -104,7 +104,8 @@ def train_peft_lora(model, tokenizer, pairs, config: TrainConfig) -> Interventio
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(config.seed)
-    name = f"model.layers.{config.layer}.mlp.down_proj"
+    layout = resolve_layout(model)
+    proj, name = layout.down_proj(config.layer), layout.down_proj_name(config.layer)
     peft_model = get_peft_model(model, LoraConfig(r=config.rank, lora_alpha=config.alpha or config.rank,
                                                   target_modules=[name], lora_dropout=0.0))
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -126,7 +127,7 @@ def train_peft_lora(model, tokenizer, pairs, config: TrainConfig) -> Interventio
             model = peft_model.unload()  # the user's model, without LoRA layers
             return import_peft(tmp, model)
     finally:
-        if isinstance(model.model.layers[config.layer].mlp.down_proj, torch.nn.Linear) is False:
+        if layout.down_proj(config.layer) is not proj:  # still wrapped: an error came first
             peft_model.unload()
 
 

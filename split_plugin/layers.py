@@ -102,6 +102,11 @@ class ModelLayout:
             )
         return module
 
+    def down_proj_name(self, index: int) -> str:
+        """The down projection's dotted name from the model root (what peft's target_modules takes)."""
+        self.down_proj(index)
+        return f"{self.spec.layers}.{index}.{self.spec.down_proj}"
+
     def down_proj_dims(self, index: int = 0) -> tuple[int, int]:
         """(in, out) features of the down projection: (intermediate size, hidden size)."""
         return _linear_dims(self.down_proj(index))

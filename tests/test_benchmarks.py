@@ -125,3 +125,19 @@ DIMS = {"vocab": 49152, "intermediate": 1536}
 ])
 def test_profile_buckets_ops_by_name_and_shape(name, shapes, part):
     assert profile_step.bucket(name, shapes, DIMS) == part
+
+
+def test_peft_lora_baseline_finds_the_down_projection_through_the_layout():
+    """quality.train_peft_lora used to hard-code `model.layers.{L}.mlp.down_proj` (llama only)."""
+    from tiny import tiny_model, tiny_tokenizer
+
+    from split_plugin import ContrastivePair, TrainConfig
+    from split_plugin.safety import hooked_modules
+
+    model = tiny_model("gpt_neox")
+    pairs = [ContrastivePair(f"Q{i}?", f"yes {i}", f"no {i}") for i in range(4)]
+    config = TrainConfig(layer=1, form="lora", method="sft", rank=2, epochs=1, batch_size=2, progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    iv = quality.train_peft_lora(model, tiny_tokenizer(), pairs, config)
+    assert iv.form == "lora" and iv.layer == 1 and hooked_modules(model) == []
+    assert model.state_dict().keys() == before.keys()
