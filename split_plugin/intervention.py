@@ -288,6 +288,23 @@ class Intervention(nn.Module):
         from .serialization import load_intervention
         return load_intervention(directory)
 
+    # -- arithmetic (see compose.py): a + b, a - b, k * a, -a -----------------------------------
+    def __add__(self, other: "Intervention") -> "Intervention":
+        from .compose import add
+        return add(self, other) if isinstance(other, Intervention) else NotImplemented
+
+    def __sub__(self, other: "Intervention") -> "Intervention":
+        return self + (-other) if isinstance(other, Intervention) else NotImplemented
+
+    def __mul__(self, factor: float) -> "Intervention":
+        from .compose import scale
+        return scale(self, factor)
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "Intervention":
+        return self * -1.0
+
     def extra_repr(self) -> str:
         c = self.config
         rank = f", rank={c.rank}, alpha={c.alpha}" if c.form == "lora" else ""
