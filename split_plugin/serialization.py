@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .card import write_card
 from .errors import SplitPluginError
 from .fileio import atomic_dir
 from .intervention import Intervention, InterventionConfig
@@ -21,6 +22,8 @@ from .version import __version__
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "intervention.safetensors"
 LIBRARY = "split-plugin"
+CARD_NAME = "README.md"
+SAVED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
 
@@ -32,12 +35,14 @@ def save_intervention(intervention: Intervention, directory: str | Path) -> None
     """Write config.json (form, layer, shapes, version, checksum) and the tensors, atomically."""
     tensors = {name: p.detach().to(torch.float32).cpu().contiguous()
                for name, p in intervention.named_parameters()}
-    with atomic_dir(directory, owned=(CONFIG_NAME, WEIGHTS_NAME), what="saved intervention") as tmp:
+    card = getattr(intervention, "card_data", None)
+    with atomic_dir(directory, owned=SAVED_FILES, what="saved intervention") as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME))
         config = {"library": LIBRARY, **intervention.config.to_dict(), "version": __version__,
                   "tensors": {k: list(v.shape) for k, v in tensors.items()},
-                  "sha256": _sha256(tmp / WEIGHTS_NAME)}
+                  "sha256": _sha256(tmp / WEIGHTS_NAME), **({"card": card} if card else {})}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_card(tmp, intervention, "split-plugin", folder_name=str(directory))
 
 
 def load_intervention(directory: str | Path) -> Intervention:
@@ -57,6 +62,7 @@ def load_intervention(directory: str | Path) -> Intervention:
     expected_sha = raw.pop("sha256", None)
     shapes = raw.pop("tensors", None)
     raw.pop("library", None)
+    card = raw.pop("card", None)
     if expected_sha is not None and _sha256(weights_path) != expected_sha:
         raise SplitPluginError(f"{weights_path} does not match the checksum in {CONFIG_NAME}: the "
                                "file is truncated or from another save; save the intervention again")
@@ -66,6 +72,8 @@ def load_intervention(directory: str | Path) -> Intervention:
     except (SafetensorError, OSError, ValueError) as exc:
         raise SplitPluginError(f"cannot read {weights_path} ({exc}); it is truncated or corrupted") from None
     _load_state(intervention, state, str(weights_path))
+    if isinstance(card, dict):
+        intervention.card_data = card
     if isinstance(shapes, dict) and any(list(state[k].shape) != list(v) for k, v in shapes.items() if k in state):
         raise SplitPluginError(f"tensor shapes in {weights_path} differ from {CONFIG_NAME}")
     return intervention
@@ -93,7 +101,15 @@ def _module_name(model: nn.Module, module: nn.Module) -> str:
 
 def export_peft(intervention: Intervention, model: nn.Module, directory: str | Path,
                 multiplier: float = 1.0, layout: ArchSpec | Mapping | None = None) -> None:
-    """Save the lora form at strength `m` as a peft adapter (PeftModel.from_pretrained loads it).
+    """Save the lora form at strength `m` as a peft adapter (PeftModel.from_pretrained loads it)."""
+    peft_config, tensors = peft_payload(intervention, model, multiplier, layout)
+    with atomic_dir(directory, owned=PEFT_FILES, what="peft adapter") as tmp:
+        write_peft(tmp, peft_config, tensors)
+
+
+def peft_payload(intervention: Intervention, model: nn.Module, multiplier: float = 1.0,
+                 layout: ArchSpec | Mapping | None = None) -> tuple:
+    """The peft LoraConfig and tensors of the lora form at strength `m`.
 
     peft computes `W x + (alpha / r) * B_p A_p x`; ours is `x @ (m * (alpha / r) * A @ B)`, so
     `A_p = A^T` and `B_p = m * B^T` with the same rank and alpha.
@@ -111,11 +127,15 @@ def export_peft(intervention: Intervention, model: nn.Module, directory: str | P
                              bias="none", fan_in_fan_out=conv1d, task_type="CAUSAL_LM",
                              base_model_name_or_path=getattr(model.config, "_name_or_path", None))
     prefix = f"base_model.model.{name}"
-    tensors = {f"{prefix}.lora_A.weight": intervention.lora_A.detach().T.contiguous().float(),
-               f"{prefix}.lora_B.weight": (float(multiplier) * intervention.lora_B.detach().T).contiguous().float()}
-    with atomic_dir(directory, owned=PEFT_FILES, what="peft adapter") as tmp:
-        peft_config.save_pretrained(str(tmp))
-        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    tensors = {f"{prefix}.lora_A.weight": intervention.lora_A.detach().T.contiguous().float().cpu(),
+               f"{prefix}.lora_B.weight": (float(multiplier) * intervention.lora_B.detach().T).contiguous().float().cpu()}
+    return peft_config, tensors
+
+
+def write_peft(folder: Path, peft_config, tensors: Mapping[str, torch.Tensor]) -> None:
+    """adapter_config.json + adapter_model.safetensors into `folder` (a temp folder being built)."""
+    peft_config.save_pretrained(str(folder))
+    save_file(dict(tensors), str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
 def import_peft(directory: str | Path, model: nn.Module,
