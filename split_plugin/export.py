@@ -150,7 +150,10 @@ def _write_layer(model: nn.Module, layout: ModelLayout, state: dict, layer: int,
     if "dW" in update:
         dw = update["dW"] if type(proj).__name__ == "Conv1D" else update["dW"].T
         state[f"{name}.weight"] = (weight.float() + dw.to(weight.device)).to(weight.dtype)
-    db = sum(update[k] for k in ("v", "db") if k in update)
+    # Granite scales the MLP output by residual_multiplier before the residual add; the vector
+    # is added after it, so its share of the bias is divided by that factor
+    vector_scale = 1.0 / getattr(model.config, "residual_multiplier", 1.0) if layout.model_type == "granite" else 1.0
+    db = sum(update[k] * (vector_scale if k == "v" else 1.0) for k in ("v", "db") if k in update)
     if torch.is_tensor(db):
         base = state.get(f"{name}.bias")
         base = base.detach().float() if base is not None else torch.zeros_like(db)

@@ -20,6 +20,20 @@ IDS = [[5, 17, 33, 9, 60, 41, 12, 7], [8, 8, 21, 70, 3, 44, 19, 2]]
 TOL = 1e-5
 
 
+def build(arch):
+    """tiny.py's models, plus Granite (its residual_multiplier scales the MLP output)."""
+    if arch != "granite":
+        return tiny_model(arch)
+    from transformers import AutoModelForCausalLM, GraniteConfig
+
+    torch.manual_seed(0)
+    config = GraniteConfig(vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, residual_multiplier=0.5,
+                           pad_token_id=0, bos_token_id=1, eos_token_id=3)
+    config._attn_implementation = "eager"
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
 def randomized(model, form, layer, seed, rank=4, scale=0.3):
     """An intervention with random non-zero parameters (as if trained)."""
     torch.manual_seed(seed)
@@ -69,6 +83,7 @@ CASES = {
     "gpt2-vector": ("gpt2", "vector", 2, 3.0),
     "gpt_neox-local_weight": ("gpt_neox", "local_weight", 1, 1.5),
     "opt-vector": ("opt", "vector", 1, -2.0),
+    "granite-vector": ("granite", "vector", 2, 3.0),
     "qwen2-lora": ("qwen2", "lora", 1, 5.0),
     "gemma2-lora": ("gemma2", "lora", 2, 2.0),
 }
@@ -81,7 +96,7 @@ def exported(tmp_path_factory):
     jobs, expected, models = {}, {}, {}
     tok = tiny_tokenizer()
     for name, (arch, form, layer, m) in CASES.items():
-        model = tiny_model(arch)
+        model = build(arch)
         iv = randomized(model, form, layer, seed=len(jobs))
         before, config_before = state_copy(model), model.config.to_dict()
         expected[name] = hooked_logits(model, iv, m)
@@ -112,7 +127,7 @@ def test_stock_loaders_match_the_hooked_logits(exported, name):
     assert diff <= TOL, f"{name}: max |stock - hooked| = {diff:.2e}"
     # the edit is visible (the check is not comparing two unsteered models)
     arch = CASES.get(name, ("llama",))[0]
-    base = tiny_model(arch)(input_ids=torch.tensor(IDS)).logits
+    base = build(arch)(input_ids=torch.tensor(IDS)).logits
     assert (got[name] - base).abs().max().item() > 1e-3
 
 
