@@ -40,7 +40,11 @@ METADATA_KEY = "split_plugin"
 
 def export(steering: Steering, model: nn.Module, out: str | Path, multiplier: Multiplier = 1.0,
            format: str = "hf", tokenizer=None, layout: ArchSpec | Mapping | None = None) -> Path:
-    """Write `steering` (an intervention, or a composition) at strength `multiplier` to `out`."""
+    """Write `steering` at strength `multiplier` to the new folder `out` and return its path.
+
+    `steering` is an Intervention (at m = `multiplier`) or a Composition (each term's own m,
+    times `multiplier`); `tokenizer`, when given, is saved beside an `hf` export.
+    """
     if format not in FORMATS:
         raise SplitPluginError(f"unknown export format {format!r}; use one of {FORMATS}")
     composition = as_composition(steering, multiplier)
@@ -58,7 +62,7 @@ def export_hf(composition: Composition, model: nn.Module, out: str | Path, token
     state = dict(model.state_dict())  # references: nothing of the model is modified
     switch = _needs_bias_switch(resolved, updates)
     if switch:
-        state.update(_zero_mlp_biases(model, resolved, state))
+        state.update(_zero_mlp_biases(model, resolved))
     for layer, update in updates.items():
         _write_layer(model, resolved, state, layer, update)
     config = copy.deepcopy(model.config)
@@ -123,7 +127,7 @@ def _nonzero(tensor: torch.Tensor | None) -> bool:
     return tensor is not None and bool(tensor.ne(0).any())
 
 
-def _zero_mlp_biases(model: nn.Module, layout: ModelLayout, state: dict) -> dict[str, torch.Tensor]:
+def _zero_mlp_biases(model: nn.Module, layout: ModelLayout) -> dict[str, torch.Tensor]:
     """Zero biases for every linear layer in every MLP that lacks one (what `mlp_bias` adds)."""
     names = {id(mod): name for name, mod in model.named_modules()}
     extra = {}
@@ -172,8 +176,8 @@ def _base_name(model: nn.Module) -> str | None:
 # -- peft --------------------------------------------------------------------------------------
 def _export_peft(composition: Composition, model: nn.Module, out: str | Path, tokenizer=None,
                  layout: ArchSpec | Mapping | None = None) -> Path:
-    """One lora intervention as a peft adapter, B scaled by m (see serialization.peft_payload)."""
-    from .serialization import PEFT_FILES, peft_payload, write_peft
+    """One lora intervention as a peft adapter, B scaled by m (see serialization.export_peft)."""
+    from .serialization import export_peft
 
     if len(composition.terms) != 1 or composition.terms[0][0].form != "lora":
         forms = [i.form for i, _ in composition.terms]
@@ -183,10 +187,7 @@ def _export_peft(composition: Composition, model: nn.Module, out: str | Path, to
     intervention, multiplier = composition.terms[0]
     if torch.is_tensor(multiplier) and multiplier.ndim > 0:
         raise SplitPluginError("a peft adapter holds one strength; give one number as the multiplier")
-    peft_config, tensors = peft_payload(intervention, model, float(multiplier), layout)
-    with atomic_dir(out, owned=PEFT_FILES, what="peft adapter") as tmp:
-        write_peft(tmp, peft_config, tensors)
-        write_card(tmp, composition, "peft", base_model=_base_name(model), folder_name=str(out))
+    export_peft(intervention, model, out, multiplier=float(multiplier), layout=layout)
     return Path(out)
 
 

@@ -12,9 +12,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .card import write_card
+from .card import CARD_NAME, write_card
 from .errors import SplitPluginError
 from .fileio import atomic_dir
+from .compose import compose
 from .intervention import Intervention, InterventionConfig
 from .layers import ArchSpec, resolve_layout
 from .version import __version__
@@ -22,7 +23,6 @@ from .version import __version__
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "intervention.safetensors"
 LIBRARY = "split-plugin"
-CARD_NAME = "README.md"
 SAVED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
@@ -35,7 +35,7 @@ def save_intervention(intervention: Intervention, directory: str | Path) -> None
     """Write config.json (form, layer, shapes, version, checksum) and the tensors, atomically."""
     tensors = {name: p.detach().to(torch.float32).cpu().contiguous()
                for name, p in intervention.named_parameters()}
-    card = getattr(intervention, "card_data", None)
+    card = getattr(intervention, "card_data", None)  # method, training data, evaluation
     with atomic_dir(directory, owned=SAVED_FILES, what="saved intervention") as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME))
         config = {"library": LIBRARY, **intervention.config.to_dict(), "version": __version__,
@@ -101,15 +101,7 @@ def _module_name(model: nn.Module, module: nn.Module) -> str:
 
 def export_peft(intervention: Intervention, model: nn.Module, directory: str | Path,
                 multiplier: float = 1.0, layout: ArchSpec | Mapping | None = None) -> None:
-    """Save the lora form at strength `m` as a peft adapter (PeftModel.from_pretrained loads it)."""
-    peft_config, tensors = peft_payload(intervention, model, multiplier, layout)
-    with atomic_dir(directory, owned=PEFT_FILES, what="peft adapter") as tmp:
-        write_peft(tmp, peft_config, tensors)
-
-
-def peft_payload(intervention: Intervention, model: nn.Module, multiplier: float = 1.0,
-                 layout: ArchSpec | Mapping | None = None) -> tuple:
-    """The peft LoraConfig and tensors of the lora form at strength `m`.
+    """Save the lora form at strength `m` as a peft adapter (PeftModel.from_pretrained loads it).
 
     peft computes `W x + (alpha / r) * B_p A_p x`; ours is `x @ (m * (alpha / r) * A @ B)`, so
     `A_p = A^T` and `B_p = m * B^T` with the same rank and alpha.
@@ -127,15 +119,14 @@ def peft_payload(intervention: Intervention, model: nn.Module, multiplier: float
                              bias="none", fan_in_fan_out=conv1d, task_type="CAUSAL_LM",
                              base_model_name_or_path=getattr(model.config, "_name_or_path", None))
     prefix = f"base_model.model.{name}"
+    lora_b = float(multiplier) * intervention.lora_B.detach().T
     tensors = {f"{prefix}.lora_A.weight": intervention.lora_A.detach().T.contiguous().float().cpu(),
-               f"{prefix}.lora_B.weight": (float(multiplier) * intervention.lora_B.detach().T).contiguous().float().cpu()}
-    return peft_config, tensors
-
-
-def write_peft(folder: Path, peft_config, tensors: Mapping[str, torch.Tensor]) -> None:
-    """adapter_config.json + adapter_model.safetensors into `folder` (a temp folder being built)."""
-    peft_config.save_pretrained(str(folder))
-    save_file(dict(tensors), str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+               f"{prefix}.lora_B.weight": lora_b.contiguous().float().cpu()}
+    with atomic_dir(directory, owned=PEFT_FILES, what="peft adapter") as tmp:
+        peft_config.save_pretrained(str(tmp))
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        write_card(tmp, compose((intervention, float(multiplier))), "peft",
+                   base_model=peft_config.base_model_name_or_path or None, folder_name=str(directory))
 
 
 def import_peft(directory: str | Path, model: nn.Module,

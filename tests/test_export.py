@@ -274,3 +274,19 @@ def test_embedded_model_exports_match_in_a_stock_process(tmp_path):
         assert to_fold <= TOL
         assert to_hooks <= TOL * scale
         assert (got[form] - unsteered).abs().max().item() > 1e-1
+
+
+def test_a_failure_while_writing_leaves_no_folder_and_the_model_as_it_was(tmp_path):
+    class BrokenTokenizer:
+        def save_pretrained(self, folder):
+            raise OSError("disk full")
+
+    model = tiny_model("llama")
+    before, config_before = state_copy(model), model.config.to_dict()
+    own_config = model.config
+    with pytest.raises(OSError, match="disk full"):
+        export(randomized(model, "vector", 1, seed=0), model, tmp_path / "out", multiplier=2.0,
+               format="hf", tokenizer=BrokenTokenizer())
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temp folder
+    assert model.config is own_config
+    assert_unchanged(model, before, config_before)
