@@ -20,7 +20,8 @@ LOADERS = {
     "split-plugin": (
         "```python\nimport split_plugin as sp\nmodel, tok = sp.load_default_model()  # or sp.load_model(BASE)\n"
         "steer = sp.Intervention.from_pretrained(\"{folder}\")\n"
-        "with steer.apply(model, multiplier={m}):\n    print(sp.generate(model, tok, \"Hello\"))\n```"),
+        "M = 4.0  # the strength: `split-steer sweep` measures steering against perplexity\n"
+        "with steer.apply(model, multiplier=M):\n    print(sp.generate(model, tok, \"Hello\"))\n```"),
     "hf": (
         "A plain model folder; the edit is folded into the weights (no split_plugin needed):\n\n"
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
@@ -56,7 +57,7 @@ def model_card(composition, fmt: str, base_model: str | None = None,
         front["base_model"] = base_model
     lines = ["---", *_yaml(front), "---", "",
              f"# {_title(composition)}", "",
-             "A steering edit trained with [split-plugin](https://pypi.org/project/split-plugin/) "
+             "A steering edit trained with split-plugin "
              "(SPLIT steering; control = a dynamic weight update of one MLP down projection).", "",
              "| term | method | form | layer | strength (multiplier) | training data |",
              "|---|---|---|---|---|---|"]
@@ -64,8 +65,10 @@ def model_card(composition, fmt: str, base_model: str | None = None,
         data = getattr(intervention, "card_data", None) or {}
         lines.append(f"| {n} | {data.get('method', 'unrecorded')} | {_form(intervention)} | "
                      f"{intervention.layer} | {_strength(multiplier, fmt)} | {_data(intervention, data)} |")
+    if base_model == EMBEDDED_BASE:
+        lines += ["", f"Base weights: the embedded {EMBEDDED_BASE} (its Q4_1 GGUF, dequantized to fp32)."]
     lines += ["", *_evaluation(terms, evaluation), "## How to load", "",
-              _loader(fmt, first, terms[0][1], base_model, folder), ""]
+              _loader(fmt, first, base_model, folder), ""]
     return "\n".join(lines)
 
 
@@ -93,7 +96,7 @@ def _form(intervention) -> str:
 def _strength(multiplier, fmt: str) -> str:
     value = multiplier.tolist() if hasattr(multiplier, "tolist") else float(multiplier)
     if fmt == "split-plugin":
-        return f"chosen when applied (suggested {value:g})" if isinstance(value, float) else str(value)
+        return "set when applied"
     return f"{value:g} (folded in)" if isinstance(value, float) else str(value)
 
 
@@ -116,11 +119,23 @@ def _evaluation(terms, evaluation: Mapping[str, Any] | None) -> list[str]:
     return table + [""]
 
 
-def _loader(fmt: str, first, multiplier, base_model: str | None, folder: str) -> str:
+def _loader(fmt: str, first, base_model: str | None, folder: str) -> str:
     rank = first.config.rank or 1
     slot = next((r for r in VLLM_RANKS if r >= rank), VLLM_RANKS[-1])
-    m = multiplier.tolist() if hasattr(multiplier, "tolist") else float(multiplier)
-    return LOADERS[fmt].format(folder=folder, base=base_model or "BASE_MODEL", m=m, rank_slot=slot)
+    return LOADERS[fmt].format(folder=folder, base=base_model or "BASE_MODEL", rank_slot=slot)
+
+
+EMBEDDED_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def base_model_id(model) -> str | None:
+    """The hub id to name as `base_model`: the embedded model's, a hub id, or None for a local folder."""
+    name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
+    from .models import cache_root
+
+    if name and Path(name).resolve().is_relative_to(cache_root().resolve()):
+        return EMBEDDED_BASE
+    return name if name and not Path(name).exists() and not name.startswith(("/", ".", "~")) else None
 
 
 def write_card(folder: str | Path, composition, fmt: str, base_model: str | None = None,

@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .card import write_card
+from .card import base_model_id, write_card
 from .compose import Composition, Steering, as_composition, layer_updates
 from .errors import SplitPluginError
 from .fileio import atomic_dir
@@ -73,7 +73,7 @@ def export_hf(composition: Composition, model: nn.Module, out: str | Path, token
         _save_with_config(model, config, tmp, state)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        write_card(tmp, composition, "hf", base_model=_base_name(model), folder_name=str(out))
+        write_card(tmp, composition, "hf", base_model=base_model_id(model), folder_name=str(out))
     return Path(out)
 
 
@@ -169,10 +169,6 @@ def _metadata(composition: Composition) -> dict:
     return {"library": "split-plugin", "version": __version__, "terms": composition.describe()}
 
 
-def _base_name(model: nn.Module) -> str | None:
-    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
-
-
 # -- peft --------------------------------------------------------------------------------------
 def _export_peft(composition: Composition, model: nn.Module, out: str | Path, tokenizer=None,
                  layout: ArchSpec | Mapping | None = None) -> Path:
@@ -225,7 +221,7 @@ def export_gguf(composition: Composition, model: nn.Module, out: str | Path, tok
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        write_card(tmp, composition, "gguf", base_model=_base_name(model), folder_name=str(out))
+        write_card(tmp, composition, "gguf", base_model=base_model_id(model), folder_name=str(out))
     return Path(out)
 
 

@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .card import CARD_NAME, write_card
+from .card import CARD_NAME, base_model_id, write_card
 from .errors import SplitPluginError
 from .fileio import atomic_dir
 from .compose import compose
@@ -126,7 +126,7 @@ def export_peft(intervention: Intervention, model: nn.Module, directory: str | P
         peft_config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         write_card(tmp, compose((intervention, float(multiplier))), "peft",
-                   base_model=peft_config.base_model_name_or_path or None, folder_name=str(directory))
+                   base_model=base_model_id(model), folder_name=str(directory))
 
 
 def import_peft(directory: str | Path, model: nn.Module,

@@ -97,3 +97,13 @@ def test_push_to_hub_uploads_the_folder(llama, tmp_path, monkeypatch):
     sp.Intervention.for_model(llama, "vector", 1).save_pretrained(tmp_path / "iv")
     assert push_to_hub(tmp_path / "iv", "me/steer") == "https://hub/me/steer/commit/1"
     assert calls == [("create", "me/steer", True), ("upload", str(tmp_path / "iv"), "me/steer")]
+
+
+def test_base_model_is_a_hub_id_or_left_out(llama, tmp_path):
+    from split_plugin.card import base_model_id
+
+    assert base_model_id(llama) is None  # built from a config: no name
+    llama.config._name_or_path = "Qwen/Qwen2.5-0.5B"
+    assert base_model_id(llama) == "Qwen/Qwen2.5-0.5B"
+    llama.config._name_or_path = str(tmp_path)  # a local folder is not a hub id
+    assert base_model_id(llama) is None
