@@ -103,7 +103,8 @@ def row_multipliers(multiplier: Multipliers, batch: int) -> torch.Tensor:
         raise SplitPluginError(f"got {values.numel()} multipliers for {batch} prompts; give one number "
                                "or one per prompt")
     if not all(math.isfinite(v) for v in values.tolist()):
-        raise SplitPluginError(f"multipliers must be finite, got {values.tolist()}")
+        raise SplitPluginError(f"the multiplier must be a finite number (or one finite number per prompt), "
+                               f"got {values.tolist()}")
     return values
 
 
