@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 import split_plugin as sp
-from split_plugin.compose import compose
+from split_plugin.composition import compose
 from split_plugin.config import TrainConfig
 from split_plugin.data import format_prompt
-from split_plugin.export import GGUF_NAME, export, read_gguf
+from split_plugin.exports import GGUF_NAME, export, read_gguf
 from split_plugin.models import default_gguf_path
 from split_plugin.trainer import mean_difference_vector
 

@@ -17,12 +17,12 @@ from .version import __version__
 # not pay for torch and transformers until an attribute needs them.
 _LAZY = {  # public name -> the submodule defining it
     "push_to_hub": "card",
-    "Composition": "compose", "compose": "compose",
+    "Composition": "composition", "compose": "composition",
     "TrainConfig": "config",
     "ContrastivePair": "data", "encode_pairs": "data", "list_datasets": "data",
     "load_heldout_text": "data", "load_pairs": "data",
-    "export": "export",
-    "generate": "generate",
+    "export": "exports",
+    "generate": "generation",
     "FORMS": "intervention", "Intervention": "intervention", "InterventionConfig": "intervention",
     "InterventionHandle": "intervention",
     "ArchSpec": "layers", "ModelLayout": "layers", "resolve_layout": "layers",

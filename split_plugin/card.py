@@ -45,7 +45,7 @@ VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLo
 def model_card(composition, fmt: str, base_model: str | None = None,
                evaluation: Mapping[str, Any] | None = None, folder: str = ".") -> str:
     """The README.md text for `composition` (an intervention or composition) saved as `fmt`."""
-    from .compose import as_composition
+    from .composition import as_composition
 
     composition = as_composition(composition)
     terms = composition.terms

@@ -40,7 +40,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from .generate import generate
+    from .generation import generate
     from .intervention import Intervention
 
     prompts = _prompts(args.prompt)
@@ -82,7 +82,7 @@ def default_multiplier(intervention) -> tuple[float, str]:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import export
+    from .exports import export
     from .intervention import Intervention
 
     model, tokenizer = _load_model(args.model)

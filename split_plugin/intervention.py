@@ -288,16 +288,16 @@ class Intervention(nn.Module):
         from .serialization import load_intervention
         return load_intervention(directory)
 
-    # -- arithmetic (see compose.py): a + b, a - b, k * a, -a -----------------------------------
+    # -- arithmetic (see composition.py): a + b, a - b, k * a, -a -----------------------------------
     def __add__(self, other: "Intervention") -> "Intervention":
-        from .compose import add
+        from .composition import add
         return add(self, other) if isinstance(other, Intervention) else NotImplemented
 
     def __sub__(self, other: "Intervention") -> "Intervention":
         return self + (-other) if isinstance(other, Intervention) else NotImplemented
 
     def __mul__(self, factor: float) -> "Intervention":
-        from .compose import scale
+        from .composition import scale
         return scale(self, factor)
 
     __rmul__ = __mul__

@@ -15,7 +15,7 @@ from torch import nn
 from .card import CARD_NAME, base_model_id, write_card
 from .errors import SplitPluginError
 from .fileio import atomic_dir
-from .compose import compose
+from .composition import compose
 from .intervention import Intervention, InterventionConfig
 from .layers import ArchSpec, resolve_layout
 from .version import __version__

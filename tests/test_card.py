@@ -5,7 +5,7 @@ import yaml
 
 import split_plugin as sp
 from split_plugin.card import model_card, push_to_hub
-from split_plugin.compose import compose
+from split_plugin.composition import compose
 
 
 def front_matter(text):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import split_plugin as sp
-from split_plugin.compose import compose
+from split_plugin.composition import compose
 from tiny import tiny_model
 
 IDS = torch.tensor([[5, 17, 33, 9, 60, 41], [8, 21, 70, 3, 44, 19]])

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 import split_plugin as sp
-from split_plugin.compose import compose
-from split_plugin.export import GGUF_NAME, export, read_gguf
+from split_plugin.composition import compose
+from split_plugin.exports import GGUF_NAME, export, read_gguf
 from tiny import tiny_model, tiny_tokenizer
 
 HERE = Path(__file__).parent

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import split_plugin as sp
-from split_plugin.compose import compose
-from split_plugin.generate import generate_ids
+from split_plugin.composition import compose
+from split_plugin.generation import generate_ids
 
 PROMPTS = ["Hi there", "A much longer prompt, padded less"]
 NEW = 6

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .card import base_model_id, write_card
-from .compose import Composition, Steering, as_composition, layer_updates
+from .composition import Composition, Steering, as_composition, layer_updates
 from .errors import SplitPluginError
 from .fileio import atomic_dir
 from .intervention import Multiplier

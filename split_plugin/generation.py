@@ -116,7 +116,7 @@ class PositionSteering:
     """
 
     def __init__(self, model: nn.Module, steering, rows: torch.Tensor, positions: str):
-        from .compose import as_composition
+        from .composition import as_composition
 
         self.model, self.positions, self.calls = model, positions, 0
         terms = as_composition(steering).terms
