@@ -16,10 +16,13 @@ from .version import __version__
 # Everything else loads on first use, so `import split_plugin` (and `split-steer --help`) does
 # not pay for torch and transformers until an attribute needs them.
 _LAZY = {  # public name -> the submodule defining it
+    "push_to_hub": "card",
+    "Composition": "composition", "compose": "composition",
     "TrainConfig": "config",
     "ContrastivePair": "data", "encode_pairs": "data", "list_datasets": "data",
     "load_heldout_text": "data", "load_pairs": "data",
-    "generate": "generate",
+    "export": "exports",
+    "generate": "generation",
     "FORMS": "intervention", "Intervention": "intervention", "InterventionConfig": "intervention",
     "InterventionHandle": "intervention",
     "ArchSpec": "layers", "ModelLayout": "layers", "resolve_layout": "layers",
@@ -35,6 +38,7 @@ __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 __all__ = [
     "FORMS",
     "ArchSpec",
+    "Composition",
     "ContrastivePair",
     "Intervention",
     "InterventionConfig",
@@ -44,7 +48,9 @@ __all__ = [
     "SweepResult",
     "TrainConfig",
     "__version__",
+    "compose",
     "encode_pairs",
+    "export",
     "export_peft",
     "generate",
     "import_peft",
@@ -57,6 +63,7 @@ __all__ = [
     "load_model",
     "load_pairs",
     "preset_path",
+    "push_to_hub",
     "resolve_layout",
     "sweep",
     "train",

@@ -18,10 +18,10 @@ def _train(args: argparse.Namespace) -> None:
     from .data import load_pairs
     from .distributed import is_main_process, place_model
     from .fileio import check_replaceable
-    from .serialization import CONFIG_NAME, WEIGHTS_NAME
+    from .serialization import SAVED_FILES
     from .trainer import train
 
-    check_replaceable(args.out, owned=(CONFIG_NAME, WEIGHTS_NAME), what="saved intervention")
+    check_replaceable(args.out, owned=SAVED_FILES, what="saved intervention")
     config = TrainConfig.from_yaml(args.hparams)
     overrides = {k: getattr(args, k) for k in ("layer", "method", "form", "epochs", "device")
                  if getattr(args, k) is not None}
@@ -40,7 +40,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from .generate import generate
+    from .generation import generate
     from .intervention import Intervention
 
     prompts = _prompts(args.prompt)
@@ -79,6 +79,31 @@ def default_multiplier(intervention) -> tuple[float, str]:
         return float(trained[0]), (f"the lowest strength it was trained at, of {trained[0]:g}..{trained[1]:g}; "
                                    "--multiplier sets another")
     return 1.0, "m = 1 adds the intervention as computed (it records no trained range); --multiplier sets another"
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .exports import export
+    from .intervention import Intervention
+
+    model, tokenizer = _load_model(args.model)
+    intervention = Intervention.from_pretrained(args.intervention)
+    out = export(intervention, model, args.out, multiplier=args.multiplier, format=args.format,
+                 tokenizer=tokenizer)
+    print(f"exported the {intervention.form} intervention at m = {args.multiplier:g} as {args.format} to {out}")
+
+
+def add_export_parser(sub) -> None:
+    """`split-steer export`: a folder an inference engine loads (see docs/SERVING.md)."""
+    p = sub.add_parser("export", help="export an intervention at a strength for transformers, peft/vLLM or llama.cpp")
+    p.add_argument("--intervention", required=True, help="a saved intervention folder")
+    p.add_argument("--multiplier", type=float, required=True, help="the strength m folded into the export")
+    p.add_argument("--format", choices=("hf", "peft", "gguf"), default="hf",
+                   help="hf: a full model folder (transformers, vLLM); peft: a LoRA adapter (lora form); "
+                        "gguf: a llama.cpp control vector (vector form) (default: %(default)s)")
+    p.add_argument("--out", required=True, help="a new folder for the export")
+    p.add_argument("--model", default="default",
+                   help="the base model: 'default' (embedded SmolLM2) or a local HF folder (default: %(default)s)")
+    p.set_defaults(func=_export)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -138,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forms", default="vector", help="comma list of forms for SPLIT (vector,lora,local_weight)")
     p.add_argument("--quick", action="store_true", help="fewer pairs and one epoch (a smoke run)")
     p.set_defaults(func=_demo)
+
+    add_export_parser(sub)
 
     from .analysis.cli import add_sweep_arguments, run_sweep_command  # argparse only until it runs
 

@@ -17,7 +17,7 @@ from .analysis import sweep, write_report
 from .config import TrainConfig
 from .data import HELDOUT_WORDS, load_heldout_text, load_pairs
 from .fileio import atomic_dir
-from .generate import generate
+from .generation import generate
 from .presets import preset_path
 from .errors import SplitPluginError
 from .intervention import FORMS, Intervention

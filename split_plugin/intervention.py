@@ -197,6 +197,23 @@ class Intervention(nn.Module):
         from .serialization import load_intervention
         return load_intervention(directory)
 
+    # -- arithmetic (see composition.py): a + b, a - b, k * a, -a -----------------------------------
+    def __add__(self, other: "Intervention") -> "Intervention":
+        from .composition import add
+        return add(self, other) if isinstance(other, Intervention) else NotImplemented
+
+    def __sub__(self, other: "Intervention") -> "Intervention":
+        return self + (-other) if isinstance(other, Intervention) else NotImplemented
+
+    def __mul__(self, factor: float) -> "Intervention":
+        from .composition import scale
+        return scale(self, factor)
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "Intervention":
+        return self * -1.0
+
     def extra_repr(self) -> str:
         c = self.config
         return f"form={c.form}, layer={c.layer}{self.strategy.describe(c)}, params={self.num_parameters()}"

@@ -12,8 +12,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .card import CARD_NAME, base_model_id, write_card
 from .errors import SplitPluginError
 from .fileio import atomic_dir
+from .composition import compose
 from .intervention import Intervention, InterventionConfig
 from .layers import ArchSpec, resolve_layout
 from .version import __version__
@@ -21,6 +23,7 @@ from .version import __version__
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "intervention.safetensors"
 LIBRARY = "split-plugin"
+SAVED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
 
@@ -32,12 +35,14 @@ def save_intervention(intervention: Intervention, directory: str | Path) -> None
     """Write config.json (form, layer, shapes, version, checksum) and the tensors, atomically."""
     tensors = {name: p.detach().to(torch.float32).cpu().contiguous()
                for name, p in intervention.named_parameters()}
-    with atomic_dir(directory, owned=(CONFIG_NAME, WEIGHTS_NAME), what="saved intervention") as tmp:
+    card = getattr(intervention, "card_data", None)  # method, training data, evaluation
+    with atomic_dir(directory, owned=SAVED_FILES, what="saved intervention") as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME))
         config = {"library": LIBRARY, **intervention.config.to_dict(), "version": __version__,
                   "tensors": {k: list(v.shape) for k, v in tensors.items()},
-                  "sha256": _sha256(tmp / WEIGHTS_NAME)}
+                  "sha256": _sha256(tmp / WEIGHTS_NAME), **({"card": card} if card else {})}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_card(tmp, intervention, "split-plugin", folder_name=str(directory))
 
 
 def load_intervention(directory: str | Path) -> Intervention:
@@ -57,6 +62,7 @@ def load_intervention(directory: str | Path) -> Intervention:
     expected_sha = raw.pop("sha256", None)
     shapes = raw.pop("tensors", None)
     raw.pop("library", None)
+    card = raw.pop("card", None)
     if expected_sha is not None and _sha256(weights_path) != expected_sha:
         raise SplitPluginError(f"{weights_path} does not match the checksum in {CONFIG_NAME}: the "
                                "file is truncated or from another save; save the intervention again")
@@ -66,6 +72,8 @@ def load_intervention(directory: str | Path) -> Intervention:
     except (SafetensorError, OSError, ValueError) as exc:
         raise SplitPluginError(f"cannot read {weights_path} ({exc}); it is truncated or corrupted") from None
     _load_state(intervention, state, str(weights_path))
+    if isinstance(card, dict):
+        intervention.card_data = card
     if isinstance(shapes, dict) and any(list(state[k].shape) != list(v) for k, v in shapes.items() if k in state):
         raise SplitPluginError(f"tensor shapes in {weights_path} differ from {CONFIG_NAME}")
     return intervention
@@ -113,6 +121,8 @@ def export_peft(intervention: Intervention, model: nn.Module, directory: str | P
     with atomic_dir(directory, owned=PEFT_FILES, what="peft adapter") as tmp:
         peft_config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        write_card(tmp, compose((intervention, float(multiplier))), "peft",
+                   base_model=base_model_id(model), folder_name=str(directory))
 
 
 def import_peft(directory: str | Path, model: nn.Module,

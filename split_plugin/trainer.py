@@ -73,12 +73,15 @@ def train(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair],
     _check_paths(config)
     with frozen(model):
         if config.method == "caa":
-            return mean_difference_vector(model, tokenizer, pairs, config, layout)
-        with torch.random.fork_rng(devices=_cuda_devices(model)):
-            torch.manual_seed(config.seed)  # the lora init depends on the seed, not the caller's RNG
-            intervention = _Trainer(model, tokenizer, pairs, config, layout).run(resume, history)
-    # the strengths training enforced the preference at: `split-steer generate` defaults inside them
-    intervention.config.trained_range = [min(config.factors), max(config.factors)]
+            intervention = mean_difference_vector(model, tokenizer, pairs, config, layout)
+        else:
+            with torch.random.fork_rng(devices=_cuda_devices(model)):
+                torch.manual_seed(config.seed)  # the lora init depends on the seed, not the caller's RNG
+                intervention = _Trainer(model, tokenizer, pairs, config, layout).run(resume, history)
+            # the strengths training enforced the preference at: `split-steer generate` defaults inside them
+            intervention.config.trained_range = [min(config.factors), max(config.factors)]
+    # what the model card reports (saved with the intervention)
+    intervention.card_data = {"method": config.method, "train_pairs": len(pairs)}
     return intervention
 
 

@@ -44,6 +44,16 @@ def test_import_and_help_do_not_load_torch():
     assert out.strip() == "[]"
 
 
+def test_public_functions_stay_functions_after_every_submodule_is_imported():
+    """A lazy name that equals its submodule's name would be replaced by the module on import."""
+    code = ("import importlib, pkgutil, split_plugin as sp\n"
+            "for m in pkgutil.walk_packages(sp.__path__, 'split_plugin.'):\n"
+            "    if '.easyedit' not in m.name: importlib.import_module(m.name)\n"
+            "print(sorted(n for n in sp.__all__ if type(getattr(sp, n)).__name__ == 'module'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     """The CLI on a tiny llama, with a small data file."""
@@ -87,7 +97,7 @@ def test_generate_defaults_inside_the_trained_range(env, capsys, monkeypatch):
     assert _run(capsys, ["train", "--hparams", tmp / "h.yaml", "--data", data, "--out", tmp / "iv",
                          "--epochs", "1"])[0] == 0
     used = {}
-    import split_plugin.generate as gen
+    import split_plugin.generation as gen
 
     def fake(model, tok, prompts, intervention, multiplier, **kw):
         used["m"] = multiplier
