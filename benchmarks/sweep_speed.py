@@ -26,7 +26,7 @@ from _markdown import as_code_block, captured, write_section
 from split_plugin import Intervention
 from split_plugin.analysis import concept_direction, sweep
 from split_plugin.forward import layer_outputs
-from split_plugin.analysis.sweep import raw_logprobs
+from split_plugin.analysis.sweeping import raw_logprobs
 from split_plugin.data import encode_pairs, load_pairs
 from split_plugin.layers import resolve_layout
 from split_plugin.models import load_default_model

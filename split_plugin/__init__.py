@@ -30,7 +30,7 @@ _LAZY = {  # public name -> the submodule defining it
     "list_presets": "presets", "preset_path": "presets",
     "export_peft": "serialization", "import_peft": "serialization", "import_reference": "serialization",
     "train": "trainer",
-    "sweep": "analysis.sweep", "SweepResult": "analysis.result", "write_report": "analysis.report",
+    "sweep": "analysis.sweeping", "SweepResult": "analysis.result", "write_report": "analysis.report",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -14,7 +14,7 @@ from split_plugin.analysis import (FitResult, ReferenceCloud, SweepResult, corre
                                    fit_curve, fit_curves, manifold_report, sweep, write_report)
 from split_plugin.analysis.cli import add_sweep_arguments, parse_multipliers, run_sweep_command
 from split_plugin.analysis.fits import evaluate
-from split_plugin.analysis.sweep import raw_logprobs
+from split_plugin.analysis.sweeping import raw_logprobs
 from split_plugin.data import ContrastivePair
 from split_plugin.safety import hooked_modules
 
@@ -82,7 +82,7 @@ def test_cached_sweep_equals_naive(arch, form):
 
 
 def test_packing_falls_back_with_a_warning_when_it_disagrees(monkeypatch):
-    sweep_module = importlib.import_module("split_plugin.analysis.sweep")  # the module, not the function
+    sweep_module = importlib.import_module("split_plugin.analysis.sweeping")  # the module, not the function
     real = sweep_module.pack_pairs
 
     def broken(*args, **kwargs):   # a packing whose mask lets every token see every other

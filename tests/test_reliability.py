@@ -27,9 +27,9 @@ from split_plugin.checkpoints import CHECKPOINT_NAME
 from split_plugin.trainer import _Trainer, train
 
 try:
-    from split_plugin.analysis.sweep import sweep
+    from split_plugin.analysis.sweeping import sweep
 except Exception as exc:  # the analysis package is written alongside; its tests skip without it
-    sweep, SWEEP_MISSING = None, f"split_plugin.analysis.sweep is not importable ({exc})"
+    sweep, SWEEP_MISSING = None, f"split_plugin.analysis.sweeping is not importable ({exc})"
 else:
     SWEEP_MISSING = ""
 needs_sweep = pytest.mark.skipif(sweep is None, reason=SWEEP_MISSING or "sweep available")

@@ -15,7 +15,7 @@ _LAZY = {  # public name -> the submodule defining it (loaded on first use: scip
     "plot_accuracy_perplexity": "plots", "plot_frontier": "plots", "plot_log_odds": "plots",
     "plot_off_manifold": "plots", "plot_sweep": "plots",
     "verdict": "report", "write_report": "report",
-    "SweepResult": "result", "summarize": "stats", "sweep": "sweep",
+    "SweepResult": "result", "summarize": "stats", "sweep": "sweeping",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 

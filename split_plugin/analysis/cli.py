@@ -117,7 +117,7 @@ def run_sweep_command(args: argparse.Namespace) -> None:
     from ..data import load_pairs
     from .manifold import manifold_report
     from .report import write_report
-    from .sweep import sweep
+    from .sweeping import sweep
 
     multipliers = parse_multipliers(args.multipliers)
     names = _names(args)
