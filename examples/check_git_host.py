@@ -188,24 +188,22 @@ def main() -> int:
             rewrite_module_tmp="model.layers.{}.mlp.down_proj.weight", layer_module_tmp="model.layers.{}",
             mlp_module_tmp="model.layers.{}.mlp", attn_module_tmp="model.layers.{}.self_attn",
             ln_f_module="model.norm", lm_head_module="lm_head")
-        ft = easyeditor.FTHyperParams(**{k: v for k, v in ft_values.items() if k in ft_fields})
-        ft_editor = BaseEditor.from_hparams(ft)
-        ft_before = probe(ft_editor.model)
-        metrics, _, _ = ft_editor.edit(prompts=PROMPTS[:1], target_new=TARGET_NEW[:1],
-                                       ground_truth=TARGET_NEG[:1], sequential_edit=False, verbose=False)
-        check("7. FT: our keys next to the host's", keys_ok(metrics)
-              and "rewrite_acc" in metrics[0]["post"] and torch.equal(probe(ft_editor.model), ft_before))
+        def host_method(step: str, host_hparams) -> None:
+            """A built-in method through the same host: our keys beside its own, the model restored."""
+            host_editor = BaseEditor.from_hparams(host_hparams)
+            host_before = probe(host_editor.model)
+            metrics, _, _ = host_editor.edit(prompts=PROMPTS[:1], target_new=TARGET_NEW[:1],
+                                             ground_truth=TARGET_NEG[:1], sequential_edit=False, verbose=False)
+            check(f"{step}: our keys next to the host's", keys_ok(metrics) and "rewrite_acc" in metrics[0]["post"]
+                  and torch.equal(probe(host_editor.model), host_before))
+
+        host_method("7. FT", easyeditor.FTHyperParams(**{k: v for k, v in ft_values.items() if k in ft_fields}))
 
         lora = easyeditor.LoRAHyperParams(
             alg_name="LoRA", model_name=str(folder), device="cpu", lora_type="lora", layers=[1], num_steps=2,
             lr=5e-3, weight_decay=0.0, kl_factor=0.0, norm_constraint=False, target_modules=["q_proj", "v_proj"],
             rank=4, lora_alpha=8, lora_dropout=0.0, batch_size=1)
-        lora_editor = BaseEditor.from_hparams(lora)
-        lora_before = probe(lora_editor.model)
-        metrics, _, _ = lora_editor.edit(prompts=PROMPTS[:1], target_new=TARGET_NEW[:1],
-                                         ground_truth=TARGET_NEG[:1], sequential_edit=False, verbose=False)
-        check("8. LoRA: our keys next to the host's", keys_ok(metrics)
-              and "rewrite_acc" in metrics[0]["post"] and torch.equal(probe(lora_editor.model), lora_before))
+        host_method("8. LoRA", lora)
         os.chdir(ROOT)
 
     return report()
