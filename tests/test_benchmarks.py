@@ -47,20 +47,24 @@ def test_tables_and_sections(tmp_path):
     assert text.index("second") < text.index("fast")
 
 
+def peer_cells(curve: dict, ppl: list) -> list[dict]:
+    """Two seeds of cells per method, with the training counts the peers report reads."""
+    return [{**cell(m, s, acc, ppl), "train_pairs": 8, "train_sequences": 16}
+            for m, acc in curve.items() for s in (0, 1)]
+
+
 def test_peers_reading_says_whether_split_beats_every_peer():
     import peers
 
     curve = {"SPLIT": [0.5, 0.6, 0.7, 0.78, 0.8, 0.8, 0.9], "SPLIT-lora": [0.5, 0.7, 0.75, 0.8, 0.8, 0.8, 0.9],
              "repeng": [0.5, 0.6, 0.72, 0.8, 0.8, 0.8, 0.9]}
     ppl = [0, .01, .02, .04, .08, .2, 1.0]
-    cells = [{**cell(m, s, acc, ppl), "train_pairs": 8, "train_sequences": 16}
-             for m, acc in curve.items() for s in (0, 1)]
+    cells = peer_cells(curve, ppl)
     stats = peers.summarize(cells, list(curve))
     lines = "\n".join(peers.reading(stats, 0.5))
     assert "SPLIT (best form: SPLIT-lora, 0.800) does not beat every peer's best" in lines  # 0.8 == 0.8
     curve["SPLIT-lora"][3] = 0.85
-    cells = [{**cell(m, s, acc, ppl), "train_pairs": 8, "train_sequences": 16}
-             for m, acc in curve.items() for s in (0, 1)]
+    cells = peer_cells(curve, ppl)
     lines = "\n".join(peers.reading(peers.summarize(cells, list(curve)), 0.5))
     assert "SPLIT (best form: SPLIT-lora, 0.850) beats every peer's best accuracy within +5% perplexity (repeng, 0.800)." in lines
     assert "SPLIT-lora over" not in lines  # speed lines compare trained methods with pyreft only
@@ -80,8 +84,7 @@ def test_peers_section_leads_with_the_summary_and_defines_the_methods():
     curve = {"SPLIT": [0.5, 0.6, 0.7, 0.78, 0.8, 0.8, 0.9], "SFT": [0.5, 0.6, 0.7, 0.7, 0.8, 0.8, 0.9],
              "pyreft-NoReFT": [0.5, 0.6, 0.72, 0.8, 0.8, 0.8, 0.9]}
     ppl = [0, .01, .02, .04, .08, .2, 1.0]
-    cells = [{**cell(m, s, acc, ppl), "train_pairs": 8, "train_sequences": 16}
-             for m, acc in curve.items() for s in (0, 1)]
+    cells = peer_cells(curve, ppl)
     args = argparse.Namespace(concepts=["c"])
     text, _ = peers.report(args, cells, list(curve), ["--concepts", "c"])
     assert text.index("#### Summary") < text.index("{plot}") < text.index("#### Per concept")
