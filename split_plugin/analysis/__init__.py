@@ -15,21 +15,26 @@ _LAZY = {  # public name -> the submodule defining it (loaded on first use: scip
     "plot_accuracy_perplexity": "plots", "plot_frontier": "plots", "plot_log_odds": "plots",
     "plot_off_manifold": "plots", "plot_sweep": "plots",
     "verdict": "report", "write_report": "report",
+    "Evaluation": "protocol", "Point": "protocol", "best_within": "protocol", "evaluate": "protocol",
     "SweepResult": "result", "summarize": "stats", "sweep": "sweeping",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "CurveFit",
+    "Evaluation",
     "FitResult",
     "ManifoldReport",
+    "Point",
     "ReferenceCloud",
     "SweepResult",
+    "best_within",
     "concept_direction",
     "correlate",
     "correlate_reports",
     "decay",
     "detect_phases",
+    "evaluate",
     "fit_curve",
     "fit_curves",
     "manifold_report",

@@ -1,0 +1,121 @@
+"""The comparison protocol: evaluation points, the one "best at a budget" rule, test scoring."""
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_model, tiny_tokenizer
+
+from split_plugin import Intervention, SplitPluginError
+from split_plugin.analysis import Evaluation, SweepResult, best_within, evaluate
+from split_plugin.analysis.protocol import (FRONTIER_BUDGETS, RELATIVE_GRID, evaluation_points,
+                                            trained_multipliers)
+from split_plugin.data import ContrastivePair
+
+HELDOUT = "The river bends twice before it reaches the old mill, and the path follows it. " * 6
+PAIRS = [ContrastivePair(f"Would you take charge of group {i}?", "Yes" + "!" * (i % 3), "No") for i in range(6)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _result(ms, acc, ppl_up):
+    """A SweepResult whose summary has the given accuracy and perplexity change per m."""
+    rows = [{"multiplier": m, "accuracy": a, "ppl_increase": p, "pref_mean": 0.0, "util_mean": 0.0}
+            for m, a, p in zip(ms, acc, ppl_up)]
+    return SweepResult(table={}, summary_rows=rows)
+
+
+def test_grid_spans_three_decades_log_spaced():
+    assert len(RELATIVE_GRID) >= 12
+    assert RELATIVE_GRID[0] == pytest.approx(1e-3) and RELATIVE_GRID[-1] == pytest.approx(1.0)
+    steps = np.diff(np.log(RELATIVE_GRID))
+    assert np.allclose(steps, steps[0])
+
+
+def test_points_hold_unsteered_grid_and_trained_multipliers():
+    points = evaluation_points(0.004, trained=[0.2, 1.0, 2.0])
+    ms = [p.multiplier for p in points]
+    assert ms == sorted(ms) and ms[0] == 0.0
+    grid = [p for p in points if p.source == "grid"]
+    assert [p.strength for p in grid] == pytest.approx(list(RELATIVE_GRID))
+    trained = {p.multiplier: p.strength for p in points if p.source == "trained"}
+    assert trained == pytest.approx({0.2: 0.0008, 1.0: 0.004, 2.0: 0.008})
+
+
+def test_points_refuse_a_non_finite_edit():
+    with pytest.raises(SplitPluginError, match="not finite"):
+        evaluation_points(float("nan"), trained=[1.0])
+
+
+def test_trained_multipliers_cover_the_range_and_m_one():
+    model = tiny_model("llama")
+    intervention = Intervention.for_model(model, "vector", 1)
+    assert trained_multipliers(intervention) == [1.0]               # untrained: m = 1 only
+    intervention.config.trained_range = [2.0, 20.0]
+    ms = trained_multipliers(intervention)
+    assert ms[0] == 1.0 and ms[1] == pytest.approx(2.0) and ms[-1] == pytest.approx(20.0) and len(ms) == 6
+
+
+def test_best_within_is_most_accurate_within_budget_and_never_the_test_rule():
+    result = _result([-1.0, 0.0, 1.0, 2.0, 4.0], [0.9, 0.5, 0.7, 0.8, 0.95], [0.0, 0.0, 0.01, 0.04, 0.3])
+    assert best_within(result, 0.05)["multiplier"] == 2.0       # 4.0 is more accurate but too costly
+    assert best_within(result, 0.005)["multiplier"] == 0.0      # nothing steered fits: unsteered
+    assert best_within(result, 1.0)["multiplier"] == 4.0        # negative m never chosen
+    tie = _result([0.0, 1.0, 2.0], [0.5, 0.8, 0.8], [0.0, 0.01, 0.02])
+    assert best_within(tie, 0.05)["multiplier"] == 1.0          # ties: the gentler edit
+
+
+def test_best_within_needs_perplexity():
+    with pytest.raises(SplitPluginError, match="heldout_text"):
+        best_within(_result([0.0, 1.0], [0.5, 0.6], [float("nan")] * 2), 0.05)
+
+
+@pytest.fixture(scope="module")
+def evaluation():
+    torch.manual_seed(0)
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    intervention = Intervention.for_model(model, "vector", 1)
+    with torch.no_grad():
+        intervention.vector.normal_()
+    tests = {"test": PAIRS[3:], "other": PAIRS[:2]}
+    return evaluate(model, tok, intervention, PAIRS[:3], tests, HELDOUT, name="random")
+
+
+def test_evaluate_scores_tests_only_at_validation_choices(evaluation):
+    chosen = {evaluation.choose(b).multiplier for b in FRONTIER_BUDGETS} | {0.0}
+    for test in evaluation.tests.values():
+        assert set(test.multipliers.tolist()) == chosen
+    assert len(evaluation.validation.multipliers) == len(evaluation.points)
+    row = evaluation.at_budget(0.05)
+    val = best_within(evaluation.validation, 0.05)
+    assert row["multiplier"] == val["multiplier"] and row["val_accuracy"] == val["accuracy"]
+    assert row["ppl_increase"] <= 0.05 or row["multiplier"] == 0.0
+    assert len(evaluation.frontier("other")) == len(FRONTIER_BUDGETS)
+
+
+def test_evaluation_round_trips_through_json(evaluation, tmp_path):
+    evaluation.to_json(tmp_path / "e.json")
+    back = Evaluation.from_json(tmp_path / "e.json")
+    assert back.points == evaluation.points and back.params == evaluation.params
+    assert back.at_budget(0.1, "other") == evaluation.at_budget(0.1, "other")
+
+
+def test_row_at_an_unscored_multiplier_says_why(evaluation):
+    unscored = next(p.multiplier for p in evaluation.points if p.multiplier not in evaluation.tests["test"].multipliers)
+    with pytest.raises(SplitPluginError, match="chosen on validation"):
+        evaluation.row(unscored)
+    with pytest.raises(SplitPluginError, match="no test set"):
+        evaluation.row(0.0, "nope")
+
+
+def test_evaluate_refuses_empty_inputs():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    intervention = Intervention.for_model(model, "vector", 1)
+    with pytest.raises(SplitPluginError, match="tests is empty"):
+        evaluate(model, tok, intervention, PAIRS, {}, HELDOUT)
+    with pytest.raises(SplitPluginError, match="heldout_text is empty"):
+        evaluate(model, tok, intervention, PAIRS, {"test": PAIRS}, "  ")
