@@ -173,11 +173,9 @@ def evaluate(model: nn.Module, tokenizer, intervention: Intervention, validation
     """Evaluate one intervention under the protocol (see the module docstring).
 
     `validation` chooses the strengths; `tests` (name -> pairs, e.g. one set per prompt format)
-    are scored only at the chosen strengths. `trained`: the multipliers it was trained at
+    are scored only at the chosen strengths ({} while tuning: validation only). `trained`: the multipliers it was trained at
     (default: `trained_multipliers(intervention)`; pass [1.0] for a peer's own trained point).
     """
-    if not tests:
-        raise SplitPluginError("tests is empty; pass {'test': test_pairs} (one entry per test set)")
     if not heldout_text or not heldout_text.strip():
         raise SplitPluginError("heldout_text is empty; the protocol chooses strengths by held-out perplexity "
                                "(pass split_plugin.load_heldout_text())")

@@ -1,0 +1,180 @@
+"""Recipe search on validation pairs: which training settings make each method strongest within +5%?
+
+    python benchmarks/tune.py [--methods split-lora split-vector sft-vector ...] [--concepts ...]
+        [--seeds 0] [--budget-minutes 60] [--out benchmarks/results/tune] [--markdown BENCHMARKS.md]
+
+Each candidate is a preset plus overrides (the list below; the reference's own settings are one
+of them). It is trained on the training pairs minus the last 40 (the first --train-pairs of
+them) and evaluated under the comparison protocol (split_plugin.analysis.protocol) on those
+40 held-back pairs: the relative-strength grid plus its trained multipliers, the strength chosen
+by `best_within`. Score: validation accuracy within +5% held-out perplexity, averaged over
+concepts and seeds. The test split is never read.
+
+Every (candidate, concept, seed) cell is saved under --out and skipped when present, so an
+interrupted search resumes; --budget-minutes stops starting new cells after that much time.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import shlex
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _markdown import write_section  # noqa: E402
+
+from split_plugin import TrainConfig, load_default_model, load_heldout_text, load_pairs, preset_path, train  # noqa: E402
+from split_plugin.analysis.protocol import Evaluation, best_within, evaluate  # noqa: E402
+from split_plugin.data import HELDOUT_WORDS  # noqa: E402
+
+VAL_PAIRS = 40
+BUDGET = 0.05
+#: the reference's own settings (EasyEdit spilt_experiment gemma-2-9b-it yamls), per form
+REFERENCE = {
+    "vector": {"margin_weight": 8.0, "margin": 0.3, "sub_rows": True, "dropout": 0.1, "epochs": 2},
+    "lora": {"margin_weight": 5.0, "margin": 0.4, "sub_rows": True, "grad_accum": 2, "dropout": 0.1,
+             "epochs": 2, "rank": 4, "alpha": 32.0},
+    "local_weight": {"margin_weight": 5.0, "margin": 0.4, "sub_rows": False, "grad_accum": 2,
+                     "dropout": 0.1, "epochs": 2},
+}
+A32 = {"alpha": 32.0}
+#: method (= preset name) -> candidates (name, overrides), in search order: the budget cuts the tail
+SEARCH = {
+    "split-lora": [
+        ("preset", {}), ("reference", REFERENCE["lora"]), ("alpha 32", A32),
+        ("alpha 32, no sub rows, margin 2", {**A32, "sub_rows": False, "margin": 2.0}),
+        ("alpha 32, margin 2", {**A32, "margin": 2.0}),
+        ("alpha 32, lr 0.02", {**A32, "lr": 0.02}),
+        ("alpha 32, 4 epochs", {**A32, "epochs": 4}),
+        ("alpha 32, sum NLL", {**A32, "loss_reduction": "sum"}),
+        ("alpha 32, factors 0.5..2", {**A32, "factors": [0.5, 1.0, 1.5, 2.0]}),
+        ("rank 8, alpha 64", {"rank": 8, "alpha": 64.0}),
+        ("alpha 32, dropout 0.1", {**A32, "dropout": 0.1}),
+        ("alpha 32, margin weight 8, margin 0.3", {**A32, "margin_weight": 8.0, "margin": 0.3}),
+    ],
+    "split-vector": [
+        ("preset", {}), ("reference", REFERENCE["vector"]),
+        ("lr 0.02", {"lr": 0.02}), ("no sub rows", {"sub_rows": False}),
+        ("margin 2", {"margin": 2.0}), ("4 epochs", {"epochs": 4}),
+        ("sum NLL", {"loss_reduction": "sum"}),
+        ("factors 0.5..5", {"factors": [0.5, 1.0, 2.0, 3.0, 4.0, 5.0]}),
+        ("neg weight 0", {"neg_weight": 0.0}),
+    ],
+    "split-local_weight": [("preset", {}), ("reference", REFERENCE["local_weight"]), ("lr x0.25", {"lr": None})],
+    "sft-vector": [("preset", {}), ("lr 0.02", {"lr": 0.02}), ("no sub rows", {"sub_rows": False}),
+                   ("4 epochs", {"epochs": 4})],
+    "sft-lora": [("preset", {}), ("alpha 32", A32), ("no sub rows, m = 1 only", {"sub_rows": False, "factors": [1.0]}),
+                 ("alpha 32, no sub rows, m = 1 only", {**A32, "sub_rows": False, "factors": [1.0]})],
+    "reps-vector": [("preset", {}), ("lr 0.02", {"lr": 0.02}), ("no sub rows", {"sub_rows": False})],
+    "reps-lora": [("preset", {}), ("alpha 32", A32)],
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=["split-lora", "split-vector"], choices=list(SEARCH))
+    p.add_argument("--concepts", nargs="+", default=["power-seeking", "optimism"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--train-pairs", type=int, default=96)
+    p.add_argument("--budget-minutes", type=float, default=60.0, help="start no new cell after this long")
+    p.add_argument("--out", default="benchmarks/results/tune")
+    p.add_argument("--markdown", default=None, help="write the search table into this file's tune section")
+    return p.parse_args(argv)
+
+
+def candidate_config(method: str, overrides: dict, seed: int) -> TrainConfig:
+    values = {**TrainConfig.from_yaml(preset_path(method)).to_dict(), "seed": seed, "progress": False}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("lr", 0) is None:  # "lr x0.25"
+        values["lr"] = values["lr"] / 4
+    return TrainConfig.from_dict(values)
+
+
+def cell_path(out: Path, config: TrainConfig, concept: str, n_train: int) -> Path:
+    """One file per (settings, concept, training size): the hash covers every training setting."""
+    key = json.dumps({**config.to_dict(), "concept": concept, "n_train": n_train}, sort_keys=True)
+    return out / f"{concept}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+
+
+def run_cell(model, tokenizer, config: TrainConfig, concept: str, n_train: int, text: str) -> Evaluation:
+    pairs = load_pairs(concept, split="train")
+    train_pairs, val_pairs = pairs[:-VAL_PAIRS][:n_train], pairs[-VAL_PAIRS:]
+    start = time.perf_counter()
+    intervention = train(model, tokenizer, train_pairs, config)
+    seconds = time.perf_counter() - start
+    return evaluate(model, tokenizer, intervention, val_pairs, {}, text, name=concept, train_seconds=seconds)
+
+
+def summarize(evals: list[Evaluation]) -> dict:
+    """Mean validation accuracy and perplexity change at the +5% choice, and the trained-point check."""
+    chosen = [best_within(e.validation, BUDGET) for e in evals]
+    top = [max(e.trained_rows(), key=lambda r: r["multiplier"]) for e in evals]
+    return {"val_acc": float(np.mean([c["accuracy"] for c in chosen])),
+            "ppl": float(np.mean([c["ppl_increase"] for c in chosen])),
+            "strength": float(np.mean([e.point(c["multiplier"]).strength for e, c in zip(evals, chosen)])),
+            "acc_m1": float(np.mean([next(r for r in e.trained_rows() if r["multiplier"] == 1.0)["val_accuracy"]
+                                     for e in evals])),
+            "ppl_top": float(np.mean([t["ppl_increase"] for t in top])),
+            "per_concept": {e.name: c["accuracy"] for e, c in zip(evals, chosen)},
+            "seconds": float(np.mean([e.train_seconds for e in evals]))}
+
+
+def table(method: str, rows: list[tuple[str, dict]]) -> list[str]:
+    lines = [f"#### {method}", "", "| candidate | val acc @ +5% | ppl there | strength | val acc @ m=1 "
+             "| ppl @ top trained m | per concept | train s |", "|---|---|---|---|---|---|---|---|"]
+    best = max(rows, key=lambda r: r[1]["val_acc"])[0] if rows else None
+    for name, s in rows:
+        per = ", ".join(f"{k} {v:.3f}" for k, v in s["per_concept"].items())
+        mark = " **(chosen)**" if name == best else ""
+        lines.append(f"| {name}{mark} | {s['val_acc']:.3f} | {s['ppl']:+.1%} | {s['strength']:.3g} | "
+                     f"{s['acc_m1']:.3f} | {s['ppl_top']:+.1%} | {per} | {s['seconds']:.0f} |")
+    return lines + [""]
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load_default_model()
+    text = load_heldout_text(words=HELDOUT_WORDS)
+    cells = [(m, name, ov, c, s) for m in args.methods for name, ov in SEARCH[m]
+             for c in args.concepts for s in args.seeds]
+    started, results = time.monotonic(), {}
+    for method, name, overrides, concept, seed in tqdm(cells, desc="tune", unit="cell"):
+        config = candidate_config(method, overrides, seed)
+        path = cell_path(out, config, concept, args.train_pairs)
+        if path.exists():
+            evaluation = Evaluation.from_json(path)
+        elif time.monotonic() - started > 60 * args.budget_minutes:
+            continue
+        else:
+            evaluation = run_cell(model, tokenizer, config, concept, args.train_pairs, text)
+            evaluation.to_json(path)
+        results.setdefault((method, name), []).append(evaluation)
+    lines = [f"Command: `python benchmarks/tune.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ",
+             f"Date: {date.today()}; machine: {platform.machine()}; {args.train_pairs} training pairs "
+             f"(training split minus its last {VAL_PAIRS}), scored on those {VAL_PAIRS} validation pairs; "
+             f"concepts {args.concepts}; seeds {args.seeds}. Strength chosen on validation within "
+             f"+{BUDGET:.0%} held-out perplexity (first {HELDOUT_WORDS} words of the bundled prose). A "
+             "candidate is listed once all its cells ran.", ""]
+    want = len(args.concepts) * len(args.seeds)
+    for method in args.methods:
+        rows = [(name, summarize(results[(method, name)])) for name, _ in SEARCH[method]
+                if len(results.get((method, name), [])) == want]
+        lines += table(method, rows)
+    report = "\n".join(lines)
+    print(report)
+    if args.markdown:
+        write_section(args.markdown, "tune", "Recipe search (benchmarks/tune.py)", report)
+
+
+if __name__ == "__main__":
+    main()
