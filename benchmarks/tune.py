@@ -59,6 +59,7 @@ SEARCH = {
         ("rank 8, alpha 64", {"rank": 8, "alpha": 64.0}),
         ("alpha 32, dropout 0.1", {**A32, "dropout": 0.1}),
         ("alpha 32, margin weight 8, margin 0.3", {**A32, "margin_weight": 8.0, "margin": 0.3}),
+        ("alpha 32, manifold 1.0", {**A32, "manifold_weight": 1.0}),
     ],
     "split-vector": [
         ("preset", {}), ("reference", REFERENCE["vector"]),
@@ -67,6 +68,7 @@ SEARCH = {
         ("sum NLL", {"loss_reduction": "sum"}),
         ("factors 0.5..5", {"factors": [0.5, 1.0, 2.0, 3.0, 4.0, 5.0]}),
         ("neg weight 0", {"neg_weight": 0.0}),
+        ("manifold 1.0", {"manifold_weight": 1.0}),
     ],
     "split-local_weight": [("preset", {}), ("reference", REFERENCE["local_weight"]), ("lr x0.25", {"lr": None})],
     "sft-vector": [("preset", {}), ("lr 0.02", {"lr": 0.02}), ("no sub rows", {"sub_rows": False}),

@@ -64,6 +64,10 @@ class TrainConfig:
     # utility-preserving option: KL(unsteered || steered) on generic text at the drawn multiplier
     kl_weight: float = 0.0
     kl_text: str | None = None  # None: the "fit" half of the bundled prose, never the half that measures perplexity
+    # utility-preserving option from the manifold view: penalise the share of the edit's output
+    # directions outside the top-`manifold_rank` principal subspace of unsteered layer-L states (kl_text)
+    manifold_weight: float = 0.0
+    manifold_rank: int = 16
     # data
     max_length: int = 256
     system_prompt: str | None = None
@@ -100,14 +104,14 @@ class TrainConfig:
             bad(f"layer must be >= 0, got {self.layer}")
         if self.rank <= 0:
             bad(f"rank must be a positive integer, got {self.rank}")
-        for name in ("epochs", "batch_size", "grad_accum", "max_length"):
+        for name in ("epochs", "batch_size", "grad_accum", "max_length", "manifold_rank"):
             if getattr(self, name) <= 0:
                 bad(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("checkpoint_every", "cache_limit_mb"):
             if getattr(self, name) < 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "max_grad_norm", "pos_weight", "neg_weight",
-                     "margin_weight", "margin", "kl_weight", "reps_beta", "reps_gamma", "dropout"):
+                     "margin_weight", "margin", "kl_weight", "manifold_weight", "reps_beta", "reps_gamma", "dropout"):
             value = getattr(self, name)
             if not math.isfinite(value) or (value < 0 and name not in ("margin", "reps_gamma")):
                 bad(f"{name} must be a finite number >= 0, got {value}")

@@ -85,3 +85,19 @@ def reps_loss(logp_pos: torch.Tensor, logp_neg: torch.Tensor, ref_pos: torch.Ten
     delta_pos = (logp_pos - ref_pos) / counts_pos.clamp(min=1)
     delta_neg = (logp_neg - ref_neg) / counts_neg.clamp(min=1)
     return -F.logsigmoid(beta * (delta_pos - delta_neg) - gamma).mean()
+
+
+def off_subspace_share(delta_weight: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                       basis: torch.Tensor) -> torch.Tensor:
+    """Share of an edit's output-space energy outside span(basis) (rows orthonormal, [k, d_out]).
+
+    `delta_weight` is dW as [d_in, d_out] (x @ dW), `delta_bias` db as [d_out]: every shift the edit
+    can make is a combination of dW's rows and db, so this is 0 when all of them lie in the
+    subspace and 1 when all are orthogonal to it.
+    """
+    parts = [t.reshape(-1, t.shape[-1]) for t in (delta_weight, delta_bias) if t is not None]
+    edit = torch.cat(parts).float()
+    total = edit.pow(2).sum()
+    inside = (edit @ basis.T).pow(2).sum()
+    return (total - inside) / total.clamp_min(1e-12)
+

@@ -25,10 +25,10 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ContrastivePair, PairBatch, encode_pairs, encode_texts, load_heldout_text, read_text
 from .errors import SplitPluginError
-from .forward import Prefix, PrefixStore, capture_prefix, run_suffix
+from .forward import Prefix, PrefixStore, capture_prefix, layer_outputs, run_suffix
 from .intervention import Intervention
 from .layers import ModelLayout, resolve_layout
-from .objectives import nll, reps_loss, split_loss
+from .objectives import nll, off_subspace_share, reps_loss, split_loss
 from .safety import check_device, frozen
 from .scoring import ScoringBatch, answer_logprobs
 
@@ -148,6 +148,7 @@ class _Trainer:
         self.references: dict[int, torch.Tensor] = {}
         self.store = PrefixStore(config.cache_limit_mb * 2**20)
         self.kl_windows: list[tuple[Prefix, torch.Tensor, torch.Tensor]] = []
+        self.basis: torch.Tensor | None = None
 
     def _blocks(self) -> list[_Block]:
         c = self.config
@@ -295,6 +296,27 @@ class _Trainer:
             ref = torch.log_softmax(run_suffix(self.layout, prefix).float(), -1)
             self.kl_windows.append((prefix, mask[row:row + 1].to(device).float(), ref))
 
+    # -- the manifold option ------------------------------------------------------------------
+    def manifold_loss(self) -> torch.Tensor:
+        """Share of the edit pointing off the unsteered states' principal subspace at layer L."""
+        if self.basis is None:
+            self.basis = self._principal_basis()
+        iv = self.intervention
+        return off_subspace_share(iv.delta_weight_matrix(), iv.delta_bias_vector(), self.basis)
+
+    @torch.no_grad()
+    def _principal_basis(self) -> torch.Tensor:
+        from .analysis.manifold import ReferenceCloud, inner_tokens  # scipy: loaded only when the option is on
+
+        text = self.config.kl_text
+        text = load_heldout_text("fit") if text in (None, "heldout") else read_text(text)
+        ids, mask, _ = encode_texts(self.tokenizer, [text], max_length=min(self.config.max_length, 128))
+        device = next(self.model.parameters()).device
+        states = layer_outputs(self.layout, ids.to(device), mask.to(device), [self.config.layer])
+        keep = inner_tokens(mask)
+        cloud = ReferenceCloud.fit(states[self.config.layer][keep.to(device)], self.config.manifold_rank)
+        return cloud.basis.to(device)
+
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume, history: list | None) -> Intervention:
         c = self.config
@@ -333,6 +355,8 @@ class _Trainer:
                     if c.kl_weight > 0:
                         s = float(c.factors[int(torch.randint(len(c.factors), (1,), generator=gen))])
                         loss = loss + c.kl_weight * self.kl_loss(step, s)
+                    if c.manifold_weight > 0:
+                        loss = loss + c.manifold_weight * self.manifold_loss()
                     if share:
                         (loss * share / len(keys)).backward()
                     loss_value += loss.item() * share / len(keys)

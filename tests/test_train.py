@@ -8,7 +8,8 @@ from tiny import tiny_model, tiny_tokenizer
 from split_plugin import SplitPluginError
 from split_plugin.config import TrainConfig
 from split_plugin.data import ContrastivePair, encode_pairs
-from split_plugin.objectives import AnswerTokens, sequence_logprobs
+from split_plugin.layers import resolve_layout
+from split_plugin.objectives import AnswerTokens, off_subspace_share, sequence_logprobs
 from split_plugin.safety import hooked_modules
 from split_plugin.trainer import _Trainer, train
 
@@ -207,3 +208,29 @@ def test_kl_option_runs_and_changes_the_result(tmp_path):
     plain = train(model, tok, PAIRS, cfg(epochs=2))
     with_kl = train(model, tok, PAIRS, cfg(epochs=2, kl_weight=1.0, max_length=64, kl_text=str(text)))
     assert not torch.allclose(plain.vector, with_kl.vector)
+
+
+def test_off_subspace_share_is_zero_inside_and_one_orthogonal():
+    basis = torch.eye(4)[:2]                                   # span(e0, e1) in 4-d
+    inside, outside = torch.tensor([3.0, -1.0, 0, 0]), torch.tensor([0, 0, 2.0, 1.0])
+    assert float(off_subspace_share(None, inside, basis)) == pytest.approx(0.0)
+    assert float(off_subspace_share(None, outside, basis)) == pytest.approx(1.0)
+    weight = torch.stack([inside, outside])                    # dW [d_in=2, d_out=4]
+    assert float(off_subspace_share(weight, None, basis)) == pytest.approx(5 / 15)
+
+
+@pytest.mark.parametrize("form", ["vector", "lora"])
+def test_manifold_option_pulls_the_edit_into_the_principal_subspace(tmp_path, form):
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    text = tmp_path / "generic.txt"
+    text.write_text("The river ran past the mill and under the old stone bridge. " * 6)
+    common = cfg(form=form, epochs=3, max_length=64, kl_text=str(text), manifold_rank=4)
+    plain = train(model, tok, PAIRS, {**common, "manifold_weight": 0.0})
+    kept = train(model, tok, PAIRS, {**common, "manifold_weight": 50.0})
+    trainer = _Trainer(model, tok, PAIRS, TrainConfig.from_dict({**common, "manifold_weight": 1.0}),
+                       resolve_layout(model))
+    basis = trainer._principal_basis()
+    share = {name: float(off_subspace_share(iv.delta_weight_matrix(), iv.delta_bias_vector(), basis))
+             for name, iv in (("plain", plain), ("kept", kept))}
+    assert basis.shape == (4, model.config.hidden_size)
+    assert share["kept"] < 0.5 * share["plain"], share

@@ -39,7 +39,7 @@ from .result import SweepResult, _jsonable, _nan
 from .stats import check_multipliers
 
 
-def _inner_tokens(attention_mask: torch.Tensor) -> torch.Tensor:
+def inner_tokens(attention_mask: torch.Tensor) -> torch.Tensor:
     """Real tokens except each row's first one ([B, T] bool)."""
     mask = attention_mask.bool()
     return mask & (mask.long().cumsum(1) > 1)
@@ -137,7 +137,7 @@ def _token_states(layout: ModelLayout, batches: list, layers: list[int], keep: t
     parts: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     for ids, mask in batches:
         states = layer_outputs(layout, ids, mask, layers)
-        inner = _inner_tokens(mask)
+        inner = inner_tokens(mask)
         for i in layers:
             parts[i].append(states[i][inner])
     return {i: _take(torch.cat(p), keep) for i, p in parts.items()}
@@ -197,7 +197,7 @@ def manifold_report(model: nn.Module, tokenizer, intervention: Intervention,
         directions = _directions(layout, tokenizer, pairs, layers, direction, batch_size, max_length,
                                  system_prompt)
         queries = _pair_batches(tokenizer, pairs, max_length, batch_size, system_prompt, device)
-        keep = _subsample(int(sum(_inner_tokens(m).sum() for _, m in queries)), max_query_tokens, seed + 1)
+        keep = _subsample(int(sum(inner_tokens(m).sum() for _, m in queries)), max_query_tokens, seed + 1)
         base = _token_states(layout, queries, layers, keep)
         scale = {i: float(base[i].norm(dim=-1).median()) for i in layers}
         rows = []
