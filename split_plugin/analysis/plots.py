@@ -183,3 +183,28 @@ def plot_accuracy_perplexity(results: Mapping[str, SweepResult], path: str | Pat
     _style(ax1, "accuracy (95% CI)", M_LABEL, "accuracy [fraction of pairs]")
     _style(ax2, "held-out perplexity increase vs m = 0", M_LABEL, "perplexity increase [%]")
     _save(fig, path)
+
+
+def plot_protocol(evaluations: Mapping, path: str | Path, test: str = "test") -> None:
+    """Two panels per the protocol: validation accuracy vs relative edit strength (trained points
+    ringed), and test accuracy at the strength chosen on validation vs the perplexity budget."""
+    _check(evaluations)
+    fig = Figure(figsize=(12, 4.8))
+    left, right = fig.subplots(1, 2)
+    for i, (name, ev) in enumerate(evaluations.items()):
+        points = [p for p in ev.points if p.multiplier > 0]
+        by_m = {r["multiplier"]: r for r in ev.validation.summary()}
+        left.plot([p.strength for p in points], [by_m[p.multiplier]["accuracy"] for p in points],
+                  marker=".", color=_colour(i), label=name)
+        trained = [p for p in points if p.source == "trained"]
+        left.scatter([p.strength for p in trained], [by_m[p.multiplier]["accuracy"] for p in trained],
+                     s=60, facecolors="none", edgecolors=_colour(i))
+        rows = ev.frontier(test)
+        right.plot([100 * r["budget"] for r in rows], [r["accuracy"] for r in rows], marker="o",
+                   color=_colour(i), label=name)
+    left.set_xscale("log")
+    _style(left, "validation pairs (rings: trained multipliers)", "relative edit strength |m·delta| / median |h|",
+           "accuracy")
+    right.set_xscale("symlog", linthresh=1.0)
+    _style(right, f"{test} pairs, strength chosen on validation", "held-out perplexity budget [%]", "accuracy")
+    _save(fig, path)
