@@ -346,8 +346,11 @@ def plot_frontier(curves: dict, paths: Sequence[tuple[Path, int]], dashed: Seque
     for ax, (concept, per) in zip(axes, curves.items()):
         for i, (method, accs) in enumerate(per.items()):
             ax.plot(budgets, accs, "--" if method in dashed else "-", marker="o", ms=3, color=f"C{i % 10}",
-                    label=method)
+                    drawstyle="steps-post", label=method)  # a choice at budget b holds until the next budget
+        for b in BUDGETS:
+            ax.axvline(100 * b, color="grey", lw=0.6, ls=":")
         ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(0, budgets[-1])
         ax.set_xlabel("held-out perplexity budget (% increase)")
         ax.set_ylabel("test accuracy  P(pos) > P(neg)")
         ax.set_title(f"{concept}: strength chosen on validation")
@@ -383,7 +386,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_default_model()
+    model, tokenizer = (None, None) if args.cached_only else load_default_model()
     text = load_heldout_text(words=HELDOUT_WORDS)
     # seed-major: an interrupted run still covers every concept and method with the seeds it got to
     grid = [(c, m, s) for s in args.seeds for c in args.concepts for m in args.methods]
