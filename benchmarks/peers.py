@@ -4,12 +4,13 @@
     pip install -r requirements-peers-deps.txt           # what they need that we do not already have
     python benchmarks/peers.py [--concepts power-seeking self-preservation optimism] [--seeds 0 1 2]
         [--train-pairs N] [--test-pairs N] [--methods steering-vectors repeng pyreft-NoReFT ...]
-        [--out benchmarks/results/peers] [--markdown BENCHMARKS.md]
+        [--out benchmarks/results/peers] [--markdown BENCHMARKS.md] [--cached-only]
 
 The peers pin old numpy/transformers/torch, so they are installed with --no-deps next to our
 torch / transformers; they are benchmark-only and never a dependency of split_plugin.
 
-One cell = concept x method x seed, on the embedded SmolLM2-135M-Instruct at layer 15:
+One cell = concept x method x seed, on the embedded SmolLM2-135M-Instruct at layer 15, trained
+on the training split minus its last 40 pairs (the first --train-pairs of them):
 
 - steering-vectors: `train_steering_vector` with the mean aggregator on "prompt + answer"
   strings, read at the last answer token (its `read_token_index`, one token per string is all
@@ -26,29 +27,30 @@ One cell = concept x method x seed, on the embedded SmolLM2-135M-Instruct at lay
   `SweepResult.from_logprobs`) on the same pairs and text, a path that `tests/test_peers.py`
   checks against `split_plugin.sweep` for a plain vector. A LoReFT whose orthogonal weight is
   zero after training (torch >= 2.1's orthogonal parametrization under AdamW) is reported as
-  collapsed and not swept. pyvene clears every forward hook of the model it wraps (transformers
-  5 returns hidden states through such hooks), so each cell gets a freshly loaded model.
+  collapsed and evaluated unsteered only. pyvene clears every forward hook of the model it wraps
+  (transformers 5 returns hidden states through such hooks), so each cell gets a freshly loaded model.
 - ours (CAA, SFT, SPLIT, SPLIT-lora, SPLIT-local_weight): `benchmarks/quality.py`'s cells,
   read from (or computed into) its cache folder with its own file names.
 
-Every method is swept at the matched strengths of quality.py (|m·delta| / median residual norm
-in `quality.STRENGTHS`); the edit of pyreft is input dependent, so its median is used. Cells are
-JSON files under --out (gitignored), skipped when present, so an interrupted run resumes; the grid
-runs seed-major, and the methods without randomness (steering-vectors, repeng, CAA) run once per
-concept and count for every seed. `--cached-only` reports what a cut-short run has computed.
-The report: per method, the best test accuracy reachable within a held-out perplexity increase
-of 2 / 5 / 10% (mean ± 95% t-interval over seeds), the accuracy at the strength chosen from
-perplexity alone (quality.py's rule), a frontier plot (frontier.png under --out and a small
-copy in docs/peers_frontier.png), training/extraction speed, and a reading computed from the
-numbers; with --markdown it replaces the section between `<!-- peers:begin -->` and
-`<!-- peers:end -->` of that file (appended if missing) and nothing else.
+Every method goes through the same comparison protocol (split_plugin.analysis.protocol):
+`evaluate` for vectors, `evaluate_with` and `score_forward` for pyreft (its grid placed by the
+median of its input-dependent edit at m = 1). The peers are trained at m = 1, so that is their
+trained point. Strengths are chosen on the 40 held-back validation pairs; the test split is
+scored at those choices only. Cells are the Evaluations' JSON under --out (gitignored), skipped
+when present, so an interrupted run resumes; the grid runs seed-major, and the methods without
+randomness (steering-vectors, repeng, CAA) run once per concept and count for every seed.
+`--cached-only` reports what a cut-short run has computed. The report: per method, test accuracy
+within a held-out perplexity increase of 2 / 5 / 10% (mean ± 95% t-interval over seeds), the
+strength chosen for +5% and its perplexity change, a frontier plot (test accuracy against the
+budget; frontier.png under --out and a small copy in docs/peers_frontier.png), training/extraction
+speed, and a reading computed from the numbers; with --markdown it replaces the section between
+`<!-- peers:begin -->` and `<!-- peers:end -->` of that file (appended if missing) and nothing else.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import importlib.metadata
-import json
 import math
 import os
 import platform
@@ -62,16 +64,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality  # noqa: E402  (benchmarks/quality.py: cells, strengths, intervals)
+import quality  # noqa: E402  (benchmarks/quality.py: cells, splits, intervals, the frontier figure)
 from _markdown import write_section  # noqa: E402
 
 from split_plugin import Intervention, load_default_model, load_heldout_text, sweep  # noqa: E402
+from split_plugin.analysis.protocol import BUDGETS, RELATIVE_GRID, Evaluation, evaluate, evaluate_with  # noqa: E402
 from split_plugin.analysis.result import SweepResult  # noqa: E402
 from split_plugin.data import HELDOUT_WORDS, encode_pairs, encode_texts, format_prompt  # noqa: E402
-from split_plugin.fileio import atomic_write_text  # noqa: E402
 from split_plugin.layers import resolve_layout  # noqa: E402
 from split_plugin.objectives import AnswerTokens, sequence_logprobs  # noqa: E402
 from split_plugin.strength import edit_ratio, matched_multipliers  # noqa: E402
@@ -82,11 +83,12 @@ METHODS = PEERS + OURS
 DETERMINISTIC = ("steering-vectors", "repeng", "CAA")  # no randomness: one run serves every seed
 GLOSSARY = [
     "Methods: **SPLIT** / **SFT** / **CAA** are ours in the vector form (one vector added at layer 15); "
-    "**SPLIT-lora** is the SPLIT objective trained as a low-rank update of the layer's down projection and "
-    "swept over m like the vectors; **LoRA** (quality grid only) is plain peft LoRA fine-tuning on the positive "
-    "answers, applied at m = 1. Seeds: trained methods run once per seed; the deterministic ones ("
-    + ", ".join(DETERMINISTIC) + ") run once and count for every seed, hence their ± 0.000. A seeds column below "
-    "3 means the remaining cells have not been computed yet (a rerun fills them in).",
+    "**SPLIT-lora** is the SPLIT objective trained as a low-rank update of the layer's down projection; "
+    "**LoRA** (quality grid only) is plain peft LoRA fine-tuning on the positive answers. Every method is "
+    "evaluated under the same protocol: the relative-strength grid plus the multipliers it was trained at, "
+    "the strength per budget chosen on validation pairs. Seeds: trained methods run once per seed; the "
+    "deterministic ones (" + ", ".join(DETERMINISTIC) + ") run once and count for every seed, hence their "
+    "± 0.000. A seeds count below 3 means the remaining cells have not been computed yet (a rerun fills them in).",
 ]
 LIBRARY = {"steering-vectors": "steering-vectors", "repeng": "repeng", "pyreft-NoReFT": "pyreft",
            "pyreft-LoReFT": "pyreft"}
@@ -185,8 +187,8 @@ def orient(model, tokenizer, intervention: Intervention, train_pairs, text: str)
     m = matched_multipliers(edit_ratio(model, tokenizer, intervention, text), [0.1])[0]
     result = sweep(model, tokenizer, intervention, list(train_pairs[:ORIENT_PAIRS]), [-m, m],
                    bootstrap=0, progress=False)
-    pref = {round(r["multiplier"], 9): r["pref_mean"] for r in result.summary()}
-    if pref[round(-m, 9)] > pref[round(m, 9)]:
+    pref = {r["multiplier"]: r["pref_mean"] for r in result.summary()}
+    if pref[-m] > pref[m]:
         with torch.no_grad():
             intervention.vector.neg_()
         return True
@@ -321,18 +323,10 @@ def score_forward(forward: Forward, tokenizer, pairs, multipliers: Sequence[floa
                                      perplexity=ppl, bootstrap=0)
 
 
-def rows_from(result: SweepResult, strengths: Sequence[float], multipliers: Sequence[float]) -> list[dict]:
-    """quality.py's row format: one per matched strength."""
-    by_m = {round(r["multiplier"], 9): r for r in result.summary()}
-    return [{"strength": s, "multiplier": m, "accuracy": by_m[round(m, 9)]["accuracy"],
-             "pref": by_m[round(m, 9)]["pref_mean"], "util": by_m[round(m, 9)]["util_mean"],
-             "ppl_increase": by_m[round(m, 9)]["ppl_increase"]} for s, m in zip(strengths, multipliers)]
-
-
 # -- one peer cell -----------------------------------------------------------------------------------
-def run_peer_cell(model, tokenizer, method: str, train_pairs, eval_pairs, text: str, seed: int,
-                  layer: int = LAYER, strengths: Sequence[float] = quality.STRENGTHS, reft=None) -> dict:
-    """Train/extract one peer, measure its edit, sweep it at matched strengths; quality.py's cell format."""
+def run_peer_cell(model, tokenizer, method: str, train_pairs, val_pairs, tests: dict, text: str, seed: int,
+                  layer: int = LAYER, grid: Sequence[float] = RELATIVE_GRID, reft=None) -> Evaluation:
+    """Train/extract one peer and evaluate it under the protocol at its own trained point m = 1."""
     reft = reft or SimpleNamespace(rank=4, epochs=2, lr=4e-3, batch_size=4)
     torch.manual_seed(seed)
     extra: dict = {}
@@ -344,12 +338,9 @@ def run_peer_cell(model, tokenizer, method: str, train_pairs, eval_pairs, text: 
         sequences = 2 * len(train_pairs)
         if method == "repeng":
             extra["flipped_by_orientation"] = orient(model, tokenizer, intervention, train_pairs, text)
-        ratio = edit_ratio(model, tokenizer, intervention, text)
-        multipliers = matched_multipliers(ratio, strengths)
-        result = sweep(model, tokenizer, intervention, eval_pairs, multipliers, heldout_text=text,
-                       bootstrap=0, progress=False)
-        params = intervention.num_parameters()
-        extra.update(edit_ratio_at_1=ratio, vector_norm=float(intervention.vector.detach().norm()))
+        evaluation = evaluate(model, tokenizer, intervention, val_pairs, tests, text, name=method, trained=[1.0],
+                              grid=grid, train_seconds=seconds)
+        extra["vector_norm"] = float(intervention.vector.detach().norm())
     else:
         kind = method.split("-", 1)[1]
         reft_model, module, steps, collapsed = train_pyreft(
@@ -357,60 +348,56 @@ def run_peer_cell(model, tokenizer, method: str, train_pairs, eval_pairs, text: 
             batch_size=reft.batch_size)
         seconds = time.perf_counter() - start
         sequences = steps and min(steps * reft.batch_size, reft.epochs * len(train_pairs))
-        params = sum(p.numel() for p in module.parameters())
         ratio, median = reft_edit_norms(model, tokenizer, module, layer, text)
-        extra.update(edit_ratio_at_1=ratio, median_edit_norm=median, steps=steps, collapsed=collapsed,
+        collapsed = collapsed or not ratio > 0
+        forward = reft_forward(reft_model, module)
+
+        def score(pairs, multipliers, heldout):
+            return score_forward(forward, tokenizer, pairs, multipliers, heldout)
+
+        # a collapsed edit is zero at every m: evaluated unsteered only
+        evaluation = evaluate_with(score, 0.0 if collapsed else ratio, [] if collapsed else [1.0], val_pairs,
+                                   tests, text, name=method, grid=grid,
+                                   params=sum(p.numel() for p in module.parameters()), train_seconds=seconds)
+        extra.update(reft_edit_ratio=ratio, median_edit_norm=median, steps=steps, collapsed=collapsed,
                      rank=reft.rank, epochs=reft.epochs, lr=reft.lr, batch_size=reft.batch_size)
-        if collapsed or not ratio > 0:
-            extra["collapsed"] = True
-            multipliers = [0.0 for _ in strengths]
-            result = score_forward(reft_forward(reft_model, module), tokenizer, eval_pairs, [0.0], text)
-        else:
-            multipliers = matched_multipliers(ratio, strengths)
-            result = score_forward(reft_forward(reft_model, module), tokenizer, eval_pairs, multipliers, text)
-    return {"concept": getattr(train_pairs[0], "concept", None), "method": method, "seed": seed,
-            "split": "test", "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
-            "train_seconds": seconds, "train_sequences": sequences, "params": params, "layer": layer,
-            "library": LIBRARY[method], "version": peer_versions().get(LIBRARY[method]), **extra,
-            "rows": rows_from(result, strengths, multipliers)}
+    evaluation.extra.update(method=method, seed=seed, train_pairs=len(train_pairs), validation_pairs=len(val_pairs),
+                            test_pairs=len(tests.get("test", ())),
+                            train_sequences=sequences, layer=layer, library=LIBRARY[method],
+                            version=peer_versions().get(LIBRARY[method]), **extra)
+    return evaluation
 
 
-def our_sequences(cell: dict) -> int:
+def our_sequences(cell: Evaluation) -> int:
     """Answer rows our trainer runs: 2 per pair with the negative answer, x2 with sub rows, x epochs."""
-    c = cell["config"]
+    c, n = cell.extra["config"], cell.extra["train_pairs"]
     if c.get("method") == "caa":
-        return 2 * cell["train_pairs"]
+        return 2 * n
     needs_negative = c.get("method") == "reps" or c.get("neg_weight", 0) > 0 or c.get("margin_weight", 0) > 0
     per_pair = (2 if needs_negative else 1) * (2 if c.get("sub_rows") else 1)
-    return per_pair * cell["train_pairs"] * int(c.get("epochs", 1))
+    return per_pair * n * int(c.get("epochs", 1))
 
 
 # -- aggregation -------------------------------------------------------------------------------------
-def frontier(cell: dict, budget: float) -> float:
-    """Best accuracy over swept strengths whose held-out perplexity increase is within the budget."""
-    ok = [r["accuracy"] for r in cell["rows"] if r["ppl_increase"] is not None and r["ppl_increase"] <= budget]
-    return max(ok) if ok else cell["rows"][0]["accuracy"]
-
-
-def summarize(cells: list[dict], methods: list[str]) -> dict:
+def summarize(cells: list[Evaluation], methods: list[str]) -> dict:
+    """Per method: test accuracy at each budget (validation choice), the +5% choice, speed, the frontier."""
     out = {}
     for method in methods:
-        runs = [c for c in cells if c["method"] == method]
+        runs = [c for c in cells if c.name == method]
         if not runs:
             continue
-        seqs = [c.get("train_sequences") or our_sequences(c) for c in runs]
+        seqs = [c.extra.get("train_sequences") or our_sequences(c) for c in runs]
+        edits = [c.extra["median_edit_norm"] for c in runs if "median_edit_norm" in c.extra]
         out[method] = {
-            "n": len(runs), "params": runs[0]["params"],
-            "collapsed": all(c.get("collapsed") for c in runs),
-            "frontier": {b: quality.mean_ci([frontier(c, b) for c in runs]) for b in quality.BUDGETS},
-            "by_ppl_rule": quality.mean_ci([quality.at_budget(c, 0.05)["accuracy"] for c in runs]),
-            "top_ppl": quality.mean_ci([c["rows"][-1]["ppl_increase"] for c in runs]),
-            "pairs_per_s": float(np.mean([c["train_pairs"] / c["train_seconds"] for c in runs])),
-            "seqs_per_s": float(np.mean([s / c["train_seconds"] for s, c in zip(seqs, runs)])),
-            "seconds": float(np.mean([c["train_seconds"] for c in runs])),
-            "edit": float(np.median([c["median_edit_norm"] for c in runs])) if "median_edit_norm" in runs[0] else None,
-            "curve": [(float(np.mean([c["rows"][i]["ppl_increase"] for c in runs])),
-                       float(np.mean([c["rows"][i]["accuracy"] for c in runs]))) for i in range(len(runs[0]["rows"]))],
+            "n": len(runs), "params": runs[0].params,
+            "collapsed": all(c.extra.get("collapsed") for c in runs),
+            "at_budget": {b: quality.stat(runs, lambda e, b=b: e.at_budget(b)["accuracy"]) for b in BUDGETS},
+            "strength": quality.stat(runs, lambda e: e.at_budget(0.05)["strength"]),
+            "ppl": quality.stat(runs, lambda e: e.at_budget(0.05)["ppl_increase"]),
+            "pairs_per_s": float(np.mean([c.extra["train_pairs"] / c.train_seconds for c in runs])),
+            "seqs_per_s": float(np.mean([s / c.train_seconds for s, c in zip(seqs, runs)])),
+            "seconds": float(np.mean([c.train_seconds for c in runs])),
+            "edit": float(np.median(edits)) if edits else None,
         }
     return out
 
@@ -422,9 +409,9 @@ def reading(stats: dict, baseline: float) -> list[str]:
     lines = []
     if not ours or not peers:
         return ["Only one side (ours or peers) was run, so there is nothing to compare."]
-    for b in quality.BUDGETS:
+    for b in BUDGETS:
         best_our, best_peer = best_at(stats, ours, b), best_at(stats, peers, b)
-        (mo, ho), (mp, hp) = stats[best_our]["frontier"][b], stats[best_peer]["frontier"][b]
+        (mo, ho), (mp, hp) = stats[best_our]["at_budget"][b], stats[best_peer]["at_budget"][b]
         gap = mo - mp
         overlap = (math.isfinite(ho) and math.isfinite(hp) and abs(gap) <= ho + hp)
         if abs(gap) < 1e-9:
@@ -438,13 +425,12 @@ def reading(stats: dict, baseline: float) -> list[str]:
     best_split = best_at(stats, [m for m in ours if m.startswith("SPLIT")], 0.05)
     if best_split:
         best_peer = best_at(stats, peers, 0.05)
-        (ms, hs), (mp, hp) = stats[best_split]["frontier"][0.05], stats[best_peer]["frontier"][0.05]
+        (ms, hs), (mp, hp) = stats[best_split]["at_budget"][0.05], stats[best_peer]["at_budget"][0.05]
         overlap = math.isfinite(hs) and math.isfinite(hp) and abs(ms - mp) <= hs + hp
         lines.append(f"- SPLIT (best form: {best_split}, {ms:.3f}) {'beats' if ms > mp else 'does not beat'} "
-                     f"every peer's best accuracy within +5% perplexity ({best_peer}, {mp:.3f})"
+                     f"every peer's test accuracy within +5% perplexity ({best_peer}, {mp:.3f})"
                      + (", but the 95% intervals overlap." if overlap else "."))
-    single = all(stats[m]["n"] < 2 for m in stats)
-    if single:
+    if all(stats[m]["n"] < 2 for m in stats):
         lines.append("- One seed only: no intervals, so gaps of a few test pairs are within noise.")
     collapsed = [m for m in stats if stats[m]["collapsed"]]
     if collapsed:
@@ -461,8 +447,8 @@ def reading(stats: dict, baseline: float) -> list[str]:
 
 
 def best_at(stats: dict, methods: list[str], budget: float) -> str | None:
-    """The method with the highest mean frontier accuracy within the budget (first on ties)."""
-    return max(methods, key=lambda m: stats[m]["frontier"][budget][0]) if methods else None
+    """The method with the highest mean test accuracy at the budget (first on ties)."""
+    return max(methods, key=lambda m: stats[m]["at_budget"][budget][0]) if methods else None
 
 
 def speed_ratios(stats: dict, ours: str, peer: str) -> tuple[float, float]:
@@ -471,54 +457,44 @@ def speed_ratios(stats: dict, ours: str, peer: str) -> tuple[float, float]:
             stats[ours]["seqs_per_s"] / stats[peer]["seqs_per_s"])
 
 
-def fmt(pair, pct=False) -> str:
-    return quality.fmt(*pair, pct=pct)
+def fmt(pair, pct=False, sig=False) -> str:
+    return quality.fmt(*pair, pct=pct, sig=sig)
 
 
-def strength_sets(cells: list[dict]) -> str:
-    """The swept strengths; per method when cached cells were swept on different sets."""
-    sets: dict[tuple, list[str]] = {}
-    for c in cells:
-        key = tuple(r["strength"] for r in c["rows"])
-        if c["method"] not in sets.setdefault(key, []):
-            sets[key].append(c["method"])
-    if len(sets) == 1:
-        return str(list(next(iter(sets))))
-    return "; ".join(f"{list(k)} for {', '.join(v)}" for k, v in sets.items())
+def method_rows(stats: dict, methods: list[str]) -> list[str]:
+    """The per-concept table: test accuracy per budget, the +5% choice, speed."""
+    lines = ["| method | params | test acc @ ppl +2% | @ +5% | @ +10% | strength @ +5% | ppl there | train s "
+             "| pairs/s | seq/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for method in (m for m in methods if m in stats):
+        s = stats[method]
+        accs = " | ".join("collapsed" if s["collapsed"] else fmt(s["at_budget"][b]) for b in BUDGETS)
+        lines.append(f"| {method} | {s['params']} | {accs} | {fmt(s['strength'], sig=True)} | "
+                     f"{fmt(s['ppl'], pct=True)} | {s['seconds']:.1f} | {s['pairs_per_s']:.2f} | "
+                     f"{s['seqs_per_s']:.2f} |")
+    return lines
 
 
-def report(args, cells: list[dict], methods: list[str], argv: list[str]) -> tuple[str, dict]:
+def report(args, cells: list[Evaluation], methods: list[str], argv: list[str]) -> tuple[str, dict]:
     versions = peer_versions()
     # the command that computes the cells (a --cached-only rerun only re-reads them)
     command = " ".join(["python benchmarks/peers.py", *map(shlex.quote, [a for a in argv if a != "--cached-only"])])
     header = [f"Command: `{command}`  ",
               f"Date: {date.today().isoformat()}; machine: {os.cpu_count()} cores, {platform.machine()}; "
               + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".  ",
-              f"Model: embedded SmolLM2-135M-Instruct, layer {LAYER}; strengths {strength_sets(cells)} "
-              "(|m·delta| / median residual norm; pyreft: median of its input-dependent edit); held-out text: "
-              f"first {HELDOUT_WORDS} words of the bundled prose. Install: `{INSTALL}`.", "", *GLOSSARY, ""]
+              f"Model: embedded SmolLM2-135M-Instruct, layer {LAYER}. {quality.protocol_line()} pyreft's "
+              f"strengths use the median of its input-dependent edit. Install: `{INSTALL}`.", "", *GLOSSARY, ""]
     all_stats = {concept: summarize(mine, methods) for concept in args.concepts
-                 if (mine := [c for c in cells if c["concept"] == concept])}
+                 if (mine := [c for c in cells if c.extra["concept"] == concept])}
     lines = ["#### Per concept", ""]
     for concept, stats in all_stats.items():
-        mine = [c for c in cells if c["concept"] == concept]
-        base = float(np.mean([c["rows"][0]["accuracy"] for c in mine]))
-        seeds = sorted({c["seed"] for c in mine})
-        lines += [f"##### {concept} (test split, {mine[0]['eval_pairs']} pairs, {mine[0]['train_pairs']} training "
-                  f"pairs, seeds {seeds}; unsteered accuracy {base:.3f})", "",
-                  "Best test accuracy reachable within a held-out perplexity increase (mean ± 95% CI over seeds; "
-                  "the max over swept strengths, an upper envelope for every method alike), the accuracy at "
-                  "quality.py's perplexity-only choice, and training/extraction speed:", "",
-                  "| method | params | acc @ ppl ≤ +2% | ≤ +5% | ≤ +10% | acc @ +5% (ppl rule) | ppl @ 0.5 "
-                  "| train s | pairs/s | seq/s |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for method in methods:
-            if method not in stats:
-                continue
-            s = stats[method]
-            accs = " | ".join("collapsed" if s["collapsed"] else fmt(s["frontier"][b]) for b in quality.BUDGETS)
-            lines.append(f"| {method} | {s['params']} | {accs} | {fmt(s['by_ppl_rule'])} | "
-                         f"{fmt(s['top_ppl'], pct=True)} | {s['seconds']:.1f} | {s['pairs_per_s']:.2f} | "
-                         f"{s['seqs_per_s']:.2f} |")
+        mine = [c for c in cells if c.extra["concept"] == concept]
+        base, x = quality.unsteered(mine), mine[0].extra
+        seeds = sorted({c.extra["seed"] for c in mine})
+        lines += [f"##### {concept} ({x['test_pairs']} test pairs, {x['validation_pairs']} validation pairs, "
+                  f"{x['train_pairs']} training pairs, seeds {seeds}; unsteered test accuracy {base:.3f})", "",
+                  "Test accuracy within a held-out perplexity increase, at the strength chosen on the validation "
+                  "pairs (mean ± 95% CI over seeds), the relative strength chosen for +5% and its perplexity "
+                  "change, and training/extraction speed:", "", *method_rows(stats, methods)]
         edits = [f"{m} {stats[m]['edit']:.3g}" for m in stats if stats[m]["edit"] is not None]
         if edits:
             lines += ["", "pyreft median edit norm at m = 1 on held-out tokens: " + ", ".join(edits) + "."]
@@ -544,48 +520,18 @@ def summary(all_stats: dict) -> list[str]:
         best_peer = best_at(stats, [m for m in stats if m in PEERS and not stats[m]["collapsed"]], 0.05)
         if not best_split or not best_peer:
             continue
-        gap = stats[best_split]["frontier"][0.05][0] - stats[best_peer]["frontier"][0.05][0]
+        gap = stats[best_split]["at_budget"][0.05][0] - stats[best_peer]["at_budget"][0.05][0]
         gaps.append(gap)
-        rows.append(f"| {concept} | {best_split} {fmt(stats[best_split]['frontier'][0.05])} | "
-                    f"{best_peer} {fmt(stats[best_peer]['frontier'][0.05])} | {gap:+.3f} |")
+        rows.append(f"| {concept} | {best_split} {fmt(stats[best_split]['at_budget'][0.05])} | "
+                    f"{best_peer} {fmt(stats[best_peer]['at_budget'][0.05])} | {gap:+.3f} |")
     if not rows:
         return []
     verdict = ("SPLIT trails the best peer on at least one concept" if min(gaps) < 0
                else "SPLIT matches or leads the best peer on every concept")
-    return ["#### Summary: SPLIT (best form) against the best peer, accuracy within +5% perplexity", "",
+    return ["#### Summary: SPLIT (best form) against the best peer, test accuracy within +5% perplexity "
+            "(strength chosen on validation)", "",
             "| concept | SPLIT | best peer | gap |", "|---|---|---|---|", *rows, "",
             f"{verdict}; a gap smaller than the intervals (± 95% CI over seeds) is a tie, not a lead.", ""]
-
-
-def plot(all_stats: dict, paths: list[tuple[Path, int]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    concepts = list(all_stats)
-    if not concepts:
-        return
-    fig, axes = plt.subplots(1, len(concepts), figsize=(5.2 * len(concepts), 4), squeeze=False)
-    for ax, concept in zip(axes[0], concepts):
-        for method, s in all_stats[concept].items():
-            xs, ys = zip(*s["curve"])
-            style = "-" if method in OURS else "--"
-            ax.plot([100 * x for x in xs], ys, style, marker="o", ms=3, label=method)
-        ax.set_xscale("symlog", linthresh=1.0)
-        for b in quality.BUDGETS:
-            ax.axvline(100 * b, color="grey", lw=0.6, ls=":")
-        ax.set_xlabel("held-out perplexity increase (%)")
-        ax.set_ylabel("test accuracy  P(pos) > P(neg)")
-        ax.set_title(concept)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    for path, dpi in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.png")
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    plt.close(fig)
 
 
 def write_markdown(path: Path, text: str) -> None:
@@ -596,7 +542,21 @@ def write_markdown(path: Path, text: str) -> None:
 def quality_args(args) -> argparse.Namespace:
     """The settings quality.py would use for the same cells (so its cache file names match)."""
     return argparse.Namespace(train_pairs=args.train_pairs, test_pairs=args.test_pairs, epochs=None,
-                              kl_weight=None, split="test")
+                              kl_weight=None)
+
+
+def run_cell(concept: str, method: str, seed: int, qargs, reft, text: str) -> Evaluation:
+    """One cell on a freshly loaded model: pyvene clears every forward hook of the model it wraps,
+    including the ones transformers uses to return hidden states, so no cell may see what an earlier
+    one left."""
+    model, tokenizer = load_default_model()
+    if method in OURS:
+        return quality.run_cell(model, tokenizer, concept, method, seed, qargs, text)
+    train_pairs, val_pairs, test_pairs = quality.split_pairs(concept, qargs)
+    cell = run_peer_cell(model, tokenizer, method, train_pairs, val_pairs, {"test": test_pairs}, text, seed,
+                         reft=reft)
+    cell.extra["concept"] = concept
+    return cell
 
 
 def main(argv=None) -> None:
@@ -612,42 +572,23 @@ def main(argv=None) -> None:
     qargs = quality_args(args)
     reft = SimpleNamespace(rank=args.reft_rank, epochs=args.reft_epochs, lr=args.reft_lr,
                            batch_size=args.reft_batch_size)
-    tag = (f"test-n{args.train_pairs or 'all'}-t{args.test_pairs or 'all'}"
-           f"-r{reft.rank}-e{reft.epochs}-lr{reft.lr:g}-b{reft.batch_size}")
+    tag = (f"{quality.cell_tag(qargs)}-r{reft.rank}-e{reft.epochs}-lr{reft.lr:g}-b{reft.batch_size}")
+
+    def path_of(concept: str, method: str, seed: int) -> Path:
+        if method in OURS:
+            return qout / f"{quality.cell_tag(qargs)}-{concept}-{method}-{seed}.json"
+        return out / f"{tag}-{concept}-{method}-{seed}.json"
+
     # seed-major: a run cut short still covers every concept and method with the seeds it got to
     grid = [(c, m, s) for s in args.seeds for c in args.concepts for m in args.methods]
-    cells = []
-    bar = tqdm(grid, desc="peers grid", dynamic_ncols=True)
-    for concept, method, seed in bar:
-        bar.set_postfix_str(f"{concept} {method} seed {seed}")
-        if method in OURS:
-            path = qout / f"{quality.cell_tag(qargs)}-{concept}-{method}-{seed}.json"
-        else:
-            path = out / f"{tag}-{concept}-{method}-{seed}.json"
-        if path.exists():
-            cells.append(json.loads(path.read_text(encoding="utf-8")))
-            continue
-        first = next((c for c in cells if c["concept"] == concept and c["method"] == method), None)
-        if method in DETERMINISTIC and first is not None:
-            cells.append({**first, "seed": seed})
-            continue
-        if args.cached_only:
-            continue
-        # a fresh model per cell: pyvene clears every forward hook of the model it wraps, including the
-        # ones transformers uses to return hidden states, so no cell may see what an earlier one left
-        model, tokenizer = load_default_model()
-        if method in OURS:
-            cell = quality.run_cell(model, tokenizer, concept, method, seed, qargs, text)
-        else:
-            train_pairs, eval_pairs = quality.split_pairs(concept, qargs)
-            cell = run_peer_cell(model, tokenizer, method, train_pairs, eval_pairs, text, seed, reft=reft)
-            cell["concept"] = concept
-        atomic_write_text(path, json.dumps(cell, indent=1))
-        cells.append(cell)
+    cells = quality.collect(grid, path_of, lambda c, m, s: run_cell(c, m, s, qargs, reft, text),
+                            DETERMINISTIC, args.cached_only, desc="peers grid")
     text_md, all_stats = report(args, cells, args.methods, argv)
+    curves = quality.frontier_curves(cells, list(all_stats), args.methods)
     pngs = [(out / "frontier.png", 110)] + ([(Path(args.docs_png), 60)] if args.docs_png else [])
-    plot(all_stats, pngs)
-    text_md = text_md.replace("{plot}", f"![accuracy vs perplexity increase]({args.docs_png or out / 'frontier.png'})")
+    quality.plot_frontier(curves, pngs, dashed=PEERS)
+    text_md = text_md.replace("{plot}", f"![test accuracy against the perplexity budget]"
+                                        f"({args.docs_png or out / 'frontier.png'})")
     print("\n" + text_md)
     if args.markdown:
         write_markdown(Path(args.markdown), text_md)

@@ -274,6 +274,25 @@ def test_report_writes_all_files(tmp_path):
     assert len((out / "summary.csv").read_text().splitlines()) == 1 + 2 * len(MS)
 
 
+def _summary_only(ms, acc, ppl_up, util):
+    rows = [{"multiplier": m, "accuracy": a, "ppl_increase": p, "util_mean": u, "pref_mean": 0.0}
+            for m, a, p, u in zip(ms, acc, ppl_up, util)]
+    return SweepResult(table={}, summary_rows=rows)
+
+
+def test_verdict_picks_with_the_protocols_best_within():
+    """Most accurate m >= 0 within +5% perplexity; a more accurate negative m or a costlier m loses."""
+    from split_plugin.analysis import verdict
+
+    ms = [-2.0, 0.0, 1.0, 2.0]
+    a = _summary_only(ms, [0.95, 0.5, 0.7, 0.9], [0.0, 0.0, 0.03, 0.2], [0.0] * 4)
+    b = _summary_only(ms, [0.5, 0.5, 0.6, 0.8], [0.0, 0.0, 0.01, 0.04], [0.0] * 4)
+    assert "b (m = 2) reaches the highest accuracy, 80%, vs a 70% (m = 1)" in verdict({"a": a, "b": b})
+    nan = [float("nan")] * 4  # no perplexity: the utility fallback, same rule, m >= 0 only
+    a, b = _summary_only(ms, [0.95, 0.5, 0.7, 0.9], nan, [0, 0, -0.2, -1.0]), _summary_only(ms, [0.9] * 4, nan, [0] * 4)
+    assert "b (m = 0) reaches the highest accuracy, 90%, vs a 70% (m = 1)" in verdict({"a": a, "b": b})
+
+
 def test_report_failure_leaves_no_temp_dir(tmp_path, monkeypatch):
     _, _, results = _two_methods()
     from split_plugin.analysis import plots

@@ -10,21 +10,54 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _markdown  # noqa: E402
 import quality  # noqa: E402
 
-
-def cell(method: str, seed: int, accuracies, ppl) -> dict:
-    rows = [{"strength": s, "multiplier": s * 10, "accuracy": a, "pref": 0.0, "util": 0.0, "ppl_increase": p}
-            for s, a, p in zip(quality.STRENGTHS, accuracies, ppl)]
-    return {"concept": "c", "method": method, "seed": seed, "split": "test", "eval_pairs": 4,
-            "train_seconds": 1.0, "params": 576, "rows": rows}
+from split_plugin.analysis import Evaluation, SweepResult  # noqa: E402
+from split_plugin.analysis.protocol import FRONTIER_BUDGETS, evaluate_with  # noqa: E402
+from split_plugin.analysis.result import TABLE_COLUMNS  # noqa: E402
+from split_plugin.data import ContrastivePair  # noqa: E402
 
 
-def test_budget_picks_the_strongest_strength_within_it_not_the_best_accuracy():
-    ppl = [0.0, 0.01, 0.03, 0.04, 0.09, 0.2, 0.6]
-    acc = [0.5, 0.9, 0.6, 0.55, 0.7, 0.8, 0.9]  # the 0.9 at +1% must not be cherry-picked
-    c = cell("SPLIT", 0, acc, ppl)
-    assert quality.at_budget(c, 0.05)["strength"] == 0.1 and quality.at_budget(c, 0.05)["accuracy"] == 0.55
-    assert quality.at_budget(c, 0.02)["accuracy"] == 0.9
-    assert quality.at_budget(cell("X", 0, acc, [0.0] + [0.5] * 6), 0.02)["strength"] == 0.0
+VAL = [ContrastivePair(f"v{i}?", "yes", "no") for i in range(4)]
+TEST = [ContrastivePair(f"t{i}?", "yes", "no") for i in range(3)]
+
+
+def step(*levels):
+    """Accuracy as a function of the relative strength s: levels (from s, accuracy), 0.5 below the first."""
+    return lambda s: max([0.5] + [a for at, a in levels if s >= at])
+
+
+def cell(method: str, seed: int, val_acc, test_acc=None, ppl=lambda s: s, ratio=0.01, concept="c") -> Evaluation:
+    """A cell in the benchmarks' format, built by the protocol itself from fake curves over s = m * ratio."""
+    test_acc = test_acc or val_acc
+
+    def score(pairs, multipliers, text):
+        acc = val_acc if pairs is VAL else test_acc
+        rows = [{"multiplier": m, "accuracy": acc(m * ratio), "pref_mean": 0.0, "util_mean": 0.0,
+                 "ppl_increase": ppl(m * ratio) if text else float("nan")} for m in sorted({0.0, *multipliers})]
+        return SweepResult(table={k: [] for k in TABLE_COLUMNS}, summary_rows=rows)  # summary only
+
+    e = evaluate_with(score, ratio, [1.0, 3.0], VAL, {"test": TEST}, "held-out prose", name=method, params=576,
+                      train_seconds=2.0)
+    e.extra.update(concept=concept, method=method, seed=seed, train_pairs=8, validation_pairs=len(VAL),
+                   test_pairs=len(TEST), config={"method": "split", "sub_rows": True, "margin_weight": 1.0,
+                                                 "epochs": 2})
+    return e
+
+
+def row_of(text: str, method: str) -> list[str]:
+    return next(line for line in text.splitlines() if line.startswith(f"| {method} |")).split(" | ")
+
+
+def test_quality_table_reports_the_test_split_at_the_strength_chosen_on_validation():
+    # validation prefers the strongest affordable edit, the test split the weakest: the test must not choose
+    cells = [cell("SPLIT", s, val_acc=lambda s: 0.5 + s, test_acc=lambda s: 0.9 - s) for s in (0, 1)]
+    chosen = max(p.strength for p in cells[0].points if p.strength <= 0.05)  # ppl = s, accuracy rises with s
+    assert cells[0].at_budget(0.05)["strength"] == pytest.approx(chosen)
+    row = row_of(quality.tables(cells, ["c"], ["SPLIT", "CAA"]), "SPLIT")
+    assert row[1:3] == ["2", "576"]
+    assert row[4] == f"{0.9 - chosen:.3f} ± 0.000"                      # test accuracy @ +5%
+    assert row[6] == f"{chosen:.3g} ± 0" and row[7] == f"{100 * chosen:.1f}% ± 0.0%"
+    assert row[8] == f"{0.5 + 0.01:.3f} ± 0.000"                        # validation accuracy at m = 1
+    assert row[9] == "3.0% ± 0.0%"                                      # ppl at the top trained m = 3
 
 
 def test_mean_ci_is_a_t_interval():
@@ -34,9 +67,10 @@ def test_mean_ci_is_a_t_interval():
 
 
 def test_tables_and_sections(tmp_path):
-    cells = [cell("SPLIT", s, [0.5, 0.6, 0.7, 0.8, 0.8, 0.8, 0.9], [0, .01, .02, .04, .08, .2, 1.0]) for s in (0, 1)]
+    cells = [cell("SPLIT", s, step((0.01, 0.8))) for s in (0, 1)]
     text = quality.tables(cells, ["c"], ["SPLIT", "CAA"])
     assert "| SPLIT | 2 | 576 |" in text and "CAA" not in text.split("|---|")[-1]
+    assert "unsteered test accuracy 0.500" in text
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\nintro kept\n", encoding="utf-8")
     _markdown.write_section(path, "quality", "Quality", "first")
@@ -47,26 +81,62 @@ def test_tables_and_sections(tmp_path):
     assert text.index("second") < text.index("fast")
 
 
-def peer_cells(curve: dict, ppl: list) -> list[dict]:
+def test_quality_reading_compares_split_with_caa_and_sft_at_five_percent():
+    cells = [cell("SPLIT", s, step((0.01, 0.7 + 0.05 * s))) for s in (0, 1, 2)]
+    cells += [cell("CAA", s, step((0.01, 0.6))) for s in (0, 1, 2)]
+    text = quality.reading(cells, ["c"], ["CAA", "SPLIT"])
+    assert "- c: CAA 0.600 ± 0.000, SPLIT 0.750 ± 0.124." in text
+    assert "Best SPLIT variant: SPLIT; above CAA in the mean, with non-overlapping intervals against CAA." in text
+    assert "(b) Held-out perplexity change at the largest multiplier" in text and "SPLIT 3.0% ± 0.0%" in text
+
+
+def test_cells_resume_from_files_and_deterministic_methods_run_once(tmp_path):
+    ran = []
+
+    def run(concept, method, seed):
+        ran.append((method, seed))
+        return cell(method, seed, step((0.01, 0.8)), concept=concept)
+
+    grid = [(c, m, s) for s in (0, 1) for c in ("c",) for m in ("CAA", "SPLIT")]
+    path_of = lambda c, m, s: tmp_path / f"{c}-{m}-{s}.json"  # noqa: E731
+    first = quality.collect(grid, path_of, run, ("CAA",), cached_only=False, desc="t")
+    assert ran == [("CAA", 0), ("SPLIT", 0), ("SPLIT", 1)]
+    assert [c.extra["seed"] for c in first] == [0, 0, 1, 1] and not (tmp_path / "c-CAA-1.json").exists()
+    again = quality.collect(grid, path_of, run, ("CAA",), cached_only=True, desc="t")
+    assert len(ran) == 3 and [c.to_dict() for c in again] == [c.to_dict() for c in first]
+    (tmp_path / "c-SPLIT-1.json").unlink()
+    assert len(quality.collect(grid, path_of, run, ("CAA",), cached_only=True, desc="t")) == 3
+
+
+def test_frontier_figure_plots_the_validation_choices(tmp_path):
+    cells = [cell("SPLIT", s, step((0.01, 0.7), (0.05, 0.9))) for s in (0, 1)]
+    curves = quality.frontier_curves(cells, ["c", "absent"], ["SPLIT", "CAA"])
+    assert list(curves) == ["c"] and list(curves["c"]) == ["SPLIT"]
+    assert curves["c"]["SPLIT"] == [cells[0].at_budget(b)["accuracy"] for b in FRONTIER_BUDGETS]
+    assert curves["c"]["SPLIT"][0] == 0.5 and curves["c"]["SPLIT"][-1] == 0.9
+    quality.plot_frontier(curves, [(tmp_path / "f.png", 40)])
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and list(tmp_path.iterdir()) == [tmp_path / "f.png"]
+
+
+def peer_cells(curves: dict) -> list[Evaluation]:
     """Two seeds of cells per method, with the training counts the peers report reads."""
-    return [{**cell(m, s, acc, ppl), "train_pairs": 8, "train_sequences": 16}
-            for m, acc in curve.items() for s in (0, 1)]
+    cells = [cell(m, s, acc) for m, acc in curves.items() for s in (0, 1)]
+    for c in cells:
+        c.extra["train_sequences"] = 16
+    return cells
 
 
 def test_peers_reading_says_whether_split_beats_every_peer():
     import peers
 
-    curve = {"SPLIT": [0.5, 0.6, 0.7, 0.78, 0.8, 0.8, 0.9], "SPLIT-lora": [0.5, 0.7, 0.75, 0.8, 0.8, 0.8, 0.9],
-             "repeng": [0.5, 0.6, 0.72, 0.8, 0.8, 0.8, 0.9]}
-    ppl = [0, .01, .02, .04, .08, .2, 1.0]
-    cells = peer_cells(curve, ppl)
-    stats = peers.summarize(cells, list(curve))
-    lines = "\n".join(peers.reading(stats, 0.5))
-    assert "SPLIT (best form: SPLIT-lora, 0.800) does not beat every peer's best" in lines  # 0.8 == 0.8
-    curve["SPLIT-lora"][3] = 0.85
-    cells = peer_cells(curve, ppl)
-    lines = "\n".join(peers.reading(peers.summarize(cells, list(curve)), 0.5))
-    assert "SPLIT (best form: SPLIT-lora, 0.850) beats every peer's best accuracy within +5% perplexity (repeng, 0.800)." in lines
+    curves = {"SPLIT": step((0.01, 0.78)), "SPLIT-lora": step((0.01, 0.8)), "repeng": step((0.01, 0.8))}
+    lines = "\n".join(peers.reading(peers.summarize(peer_cells(curves), list(curves)), 0.5))
+    assert "SPLIT (best form: SPLIT-lora, 0.800) does not beat every peer's" in lines  # 0.8 == 0.8
+    curves["SPLIT-lora"] = step((0.01, 0.8), (0.03, 0.85))  # 0.03 <= +5%; validation chooses it
+    lines = "\n".join(peers.reading(peers.summarize(peer_cells(curves), list(curves)), 0.5))
+    assert ("SPLIT (best form: SPLIT-lora, 0.850) beats every peer's test accuracy within +5% perplexity "
+            "(repeng, 0.800).") in lines
+    assert "- Within +2% perplexity: best of ours SPLIT-lora 0.800, best peer repeng 0.800" in lines
     assert "SPLIT-lora over" not in lines  # speed lines compare trained methods with pyreft only
 
 
@@ -74,6 +144,7 @@ def test_blown_up_perplexity_reads_as_a_factor():
     assert quality.fmt(1311.074, 3063.441, pct=True) == "x1,312 (perplexity multiplied; seeds vary)"
     assert quality.fmt(3.368, 3.302, pct=True) == "336.8% ± 330.2%"
     assert quality.fmt(0.6, 0.1) == "0.600 ± 0.100"
+    assert quality.fmt(0.00316, 0.0001, sig=True) == "0.00316 ± 0.0001"
 
 
 def test_peers_section_leads_with_the_summary_and_defines_the_methods():
@@ -81,15 +152,15 @@ def test_peers_section_leads_with_the_summary_and_defines_the_methods():
 
     import peers
 
-    curve = {"SPLIT": [0.5, 0.6, 0.7, 0.78, 0.8, 0.8, 0.9], "SFT": [0.5, 0.6, 0.7, 0.7, 0.8, 0.8, 0.9],
-             "pyreft-NoReFT": [0.5, 0.6, 0.72, 0.8, 0.8, 0.8, 0.9]}
-    ppl = [0, .01, .02, .04, .08, .2, 1.0]
-    cells = peer_cells(curve, ppl)
+    curves = {"SPLIT": step((0.01, 0.78)), "SFT": step((0.01, 0.7)), "pyreft-NoReFT": step((0.01, 0.8))}
+    cells = peer_cells(curves)
     args = argparse.Namespace(concepts=["c"])
-    text, _ = peers.report(args, cells, list(curve), ["--concepts", "c"])
+    text, _ = peers.report(args, cells, list(curves), ["--concepts", "c"])
     assert text.index("#### Summary") < text.index("{plot}") < text.index("#### Per concept")
+    assert "| c | SPLIT 0.780 ± 0.000 | pyreft-NoReFT 0.800 ± 0.000 | -0.020 |" in text
     assert "SPLIT trails the best peer" in text and "SPLIT-lora** is the SPLIT objective" in text
-    assert text.count("pyreft trains one row per pair") == 1
+    assert text.count("pyreft trains one row per pair") == 1 and "split_plugin/analysis/protocol.py" in text
+    assert row_of(text, "SPLIT")[2:5] == ["0.780 ± 0.000"] * 3
 
 
 import memory  # noqa: E402

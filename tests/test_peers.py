@@ -25,7 +25,7 @@ peers = _load_peers()
 INSTALLED = peers.installed_peers()
 LAYER = 2
 TEXT = "The cat sat on the mat. It was a warm day, and the garden was quiet. " * 3
-STRENGTHS = (0.0, 0.1, 0.5)
+GRID = (0.1, 0.5)
 
 
 def _pairs(n: int, concept: str = "toy") -> list[ContrastivePair]:
@@ -61,17 +61,19 @@ def test_one_cell_per_installed_peer(llama, tok, method):
         pytest.skip(f"{peers.LIBRARY[method]} is not installed; install the peers with: {peers.INSTALL}")
     flags = [p.requires_grad for p in llama.parameters()]
     reft = peers.SimpleNamespace(rank=2, epochs=1, lr=1e-2, batch_size=2)
-    cell = peers.run_peer_cell(llama, tok, method, _pairs(4), _pairs(3), TEXT, seed=0, layer=LAYER,
-                               strengths=STRENGTHS, reft=reft)
-    assert [r["strength"] for r in cell["rows"]] == list(STRENGTHS)
-    assert cell["rows"][0]["ppl_increase"] == pytest.approx(0.0, abs=1e-9)
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in cell["rows"])
-    assert cell["train_seconds"] > 0 and cell["train_sequences"] > 0 and cell["params"] > 0
-    if not cell.get("collapsed"):
-        assert cell["edit_ratio_at_1"] > 0
-        assert cell["rows"][-1]["multiplier"] > 0
+    cell = peers.run_peer_cell(llama, tok, method, _pairs(4), _pairs(3), {"test": _pairs(2)}, TEXT, seed=0,
+                               layer=LAYER, grid=GRID, reft=reft)
+    val = cell.validation.summary()
+    assert [r["multiplier"] for r in val] == [p.multiplier for p in cell.points]
+    assert val[0]["multiplier"] == 0.0 and val[0]["ppl_increase"] == pytest.approx(0.0, abs=1e-9)
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in val)
+    assert cell.train_seconds > 0 and cell.extra["train_sequences"] > 0 and cell.params > 0
+    if not cell.extra.get("collapsed"):
+        assert cell.extra["edit_ratio"] > 0
+        assert [p.multiplier for p in cell.points if p.source == "trained"] == [1.0]  # peers train at m = 1
+        assert [p.source for p in cell.points].count("grid") == len(GRID)
     # the model is left as it was: no hooks, same requires_grad flags
     assert [p.requires_grad for p in llama.parameters()] == flags
     assert not _hooks(llama)
     stats = peers.summarize([cell], [method])
-    assert set(stats[method]["frontier"]) == set(peers.quality.BUDGETS)
+    assert set(stats[method]["at_budget"]) == set(peers.BUDGETS)

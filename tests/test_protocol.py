@@ -6,6 +6,7 @@ from tiny import tiny_model, tiny_tokenizer
 
 from split_plugin import Intervention, SplitPluginError
 from split_plugin.analysis import Evaluation, SweepResult, best_within, evaluate
+from split_plugin.analysis.protocol import evaluate_with
 from split_plugin.analysis.protocol import (FRONTIER_BUDGETS, RELATIVE_GRID, evaluation_points,
                                             trained_multipliers)
 from split_plugin.data import ContrastivePair
@@ -117,3 +118,26 @@ def test_evaluate_refuses_empty_inputs():
     intervention = Intervention.for_model(model, "vector", 1)
     with pytest.raises(SplitPluginError, match="heldout_text is empty"):
         evaluate(model, tok, intervention, PAIRS, {"test": PAIRS}, "  ")
+
+
+def test_evaluate_with_scores_validation_everywhere_and_tests_at_the_choices_only():
+    """A fake scorer (accuracy and perplexity both grow with the edit) stands in for a non-Intervention."""
+    ratio, calls = 0.01, []
+
+    def score(pairs, multipliers, text):
+        ms = sorted({0.0, *multipliers})
+        calls.append((len(pairs), ms, text))
+        cost = [float("nan") if text is None else (m * ratio) ** 2 for m in ms]
+        return _result(ms, [min(1.0, 0.5 + m * ratio) for m in ms], cost)
+
+    e = evaluate_with(score, ratio, [1.0, 3.0], PAIRS[:4], {"test": PAIRS[4:]}, HELDOUT, name="fake",
+                      params=7, train_seconds=2.5)
+    (n_val, val_ms, val_text), *test_calls = calls
+    assert n_val == 4 and val_text == HELDOUT and val_ms == [p.multiplier for p in e.points]
+    assert len(test_calls) == 1 and test_calls[0][0] == 2 and test_calls[0][2] is None
+    assert test_calls[0][1] == sorted({e.choose(b).multiplier for b in FRONTIER_BUDGETS} | {0.0})
+    # accuracy rises with m, so the choice at +5% is the strongest point with (m * ratio)^2 <= 0.05
+    expect = max(p.multiplier for p in e.points if (p.multiplier * ratio) ** 2 <= 0.05)
+    assert e.at_budget(0.05)["multiplier"] == expect and e.at_budget(0.05)["strength"] == pytest.approx(expect * ratio)
+    assert [r["multiplier"] for r in e.trained_rows()] == [1.0, 3.0]
+    assert (e.name, e.params, e.train_seconds, e.extra["edit_ratio"]) == ("fake", 7, 2.5, ratio)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from torch import nn
@@ -165,6 +165,35 @@ def _test_multipliers(validation: SweepResult, points: list[Point], budgets: Seq
     return sorted(chosen | {0.0})
 
 
+def _require_heldout(heldout_text: str) -> None:
+    if not heldout_text or not heldout_text.strip():
+        raise SplitPluginError("heldout_text is empty; the protocol chooses strengths by held-out perplexity "
+                               "(pass split_plugin.load_heldout_text())")
+
+
+#: score(pairs, multipliers, heldout_text or None) -> SweepResult; m = 0 is always included
+Score = Callable[[Sequence[ContrastivePair], Sequence[float], str | None], SweepResult]
+
+
+def evaluate_with(score: Score, ratio_at_one: float, trained: Sequence[float],
+                  validation: Sequence[ContrastivePair], tests: Mapping[str, Sequence[ContrastivePair]],
+                  heldout_text: str, *, name: str = "method", grid: Sequence[float] = RELATIVE_GRID,
+                  budgets: Sequence[float] = BUDGETS, params: int = 0,
+                  train_seconds: float | None = None) -> Evaluation:
+    """The protocol for any scorer (e.g. a pyreft model, whose edit is not an Intervention).
+
+    `ratio_at_one` places the grid (|delta at m = 1| / median |h|); `trained` are the multipliers
+    it was trained at. Validation is scored with held-out perplexity at every point, each test
+    set without it at the validation choices only.
+    """
+    _require_heldout(heldout_text)
+    points = evaluation_points(ratio_at_one, trained, grid)
+    val = score(validation, [p.multiplier for p in points], heldout_text)
+    chosen = _test_multipliers(val, points, budgets)
+    scored = {k: score(pairs, chosen, None) for k, pairs in tests.items()}
+    return Evaluation(name, points, val, scored, params, train_seconds, {"edit_ratio": ratio_at_one})
+
+
 def evaluate(model: nn.Module, tokenizer, intervention: Intervention, validation: Sequence[ContrastivePair],
              tests: Mapping[str, Sequence[ContrastivePair]], heldout_text: str, *, name: str = "method",
              trained: Sequence[float] | None = None, grid: Sequence[float] = RELATIVE_GRID,
@@ -176,15 +205,13 @@ def evaluate(model: nn.Module, tokenizer, intervention: Intervention, validation
     are scored only at the chosen strengths ({} while tuning: validation only). `trained`: the multipliers it was trained at
     (default: `trained_multipliers(intervention)`; pass [1.0] for a peer's own trained point).
     """
-    if not heldout_text or not heldout_text.strip():
-        raise SplitPluginError("heldout_text is empty; the protocol chooses strengths by held-out perplexity "
-                               "(pass split_plugin.load_heldout_text())")
-    ratio = edit_ratio(model, tokenizer, intervention, heldout_text)
-    points = evaluation_points(ratio, trained_multipliers(intervention) if trained is None else trained, grid)
-    val = sweep(model, tokenizer, intervention, validation, [p.multiplier for p in points],
-                heldout_text=heldout_text, bootstrap=0, progress=progress)
-    chosen = _test_multipliers(val, points, budgets)
-    scored = {k: sweep(model, tokenizer, intervention, pairs, chosen, bootstrap=0, progress=progress)
-              for k, pairs in tests.items()}
-    return Evaluation(name, points, val, scored, intervention.num_parameters(), train_seconds,
-                      {"edit_ratio": ratio})
+    _require_heldout(heldout_text)
+
+    def score(pairs: Sequence[ContrastivePair], multipliers: Sequence[float], text: str | None) -> SweepResult:
+        return sweep(model, tokenizer, intervention, pairs, multipliers, heldout_text=text, bootstrap=0,
+                     progress=progress)
+
+    return evaluate_with(score, edit_ratio(model, tokenizer, intervention, heldout_text),
+                         trained_multipliers(intervention) if trained is None else trained,
+                         validation, tests, heldout_text, name=name, grid=grid, budgets=budgets,
+                         params=intervention.num_parameters(), train_seconds=train_seconds)

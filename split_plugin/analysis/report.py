@@ -26,6 +26,7 @@ from ..fileio import atomic_dir
 from . import plots
 from .fits import FitResult
 from .manifold import ManifoldReport, correlate_reports
+from .protocol import best_within
 from .result import SweepResult, _jsonable
 
 PPL_BUDGET = 0.05   # "useful steering" budget: at most +5% held-out perplexity
@@ -50,14 +51,18 @@ def _check_results(results: Mapping[str, SweepResult]) -> None:
 
 # -- the verdict -----------------------------------------------------------------------------
 def _best_within_budget(result: SweepResult, use_ppl: bool) -> tuple[float, float] | None:
-    """(accuracy, m) of the most accurate multiplier within the budget (smaller |m| wins ties)."""
-    ms, acc = result.multipliers, result.column("accuracy")
+    """(accuracy, m) at the budget: `protocol.best_within` when perplexity was measured."""
     if use_ppl:
-        within = result.column("ppl_increase") <= PPL_BUDGET
-    else:
-        util = result.column("util_mean")
-        within = (util[list(ms).index(0.0)] - util) <= UTIL_BUDGET
-    candidates = [(a, -abs(m), m) for a, m, ok in zip(acc, ms, within) if ok]
+        row = best_within(result, PPL_BUDGET)
+        return float(row["accuracy"]), float(row["multiplier"])
+    return _best_within_utility_budget(result)
+
+
+def _best_within_utility_budget(result: SweepResult) -> tuple[float, float] | None:
+    """Fallback for sweeps without perplexity: best_within's rule with a utility log-odds budget."""
+    ms, acc, util = result.multipliers, result.column("accuracy"), result.column("util_mean")
+    within = (util[list(ms).index(0.0)] - util) <= UTIL_BUDGET
+    candidates = [(a, -m, m) for a, m, ok in zip(acc, ms, within) if ok and m >= 0]
     if not candidates:
         return None
     a, _, m = max(candidates)
