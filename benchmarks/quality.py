@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import platform
@@ -168,6 +170,16 @@ def cell_tag(args) -> str:
     """The settings a saved cell depends on besides concept, method and seed (its file name)."""
     return (f"p{PROTOCOL_VERSION}-n{args.train_pairs or 'all'}-t{args.test_pairs or 'all'}-e{args.epochs or 'p'}"
             f"-kl{args.kl_weight if args.kl_weight is not None else 'p'}")
+
+
+def cell_path(args, out: Path) -> Callable[[str, str, int], Path]:
+    """Where a cell lives: the grid flags, concept, method, seed and a hash of its training config
+    (so a changed preset computes new cells instead of reusing stale ones)."""
+    def path_of(concept: str, method: str, seed: int) -> Path:
+        config = json.dumps(cell_config(method, seed, args).to_dict(), sort_keys=True)
+        digest = hashlib.sha1(config.encode()).hexdigest()[:8]
+        return out / f"{cell_tag(args)}-{concept}-{method}-{seed}-{digest}.json"
+    return path_of
 
 
 def collect(grid: Sequence[tuple[str, str, int]], path_of: Callable[[str, str, int], Path],
@@ -390,7 +402,7 @@ def main(argv=None) -> None:
     text = load_heldout_text(words=HELDOUT_WORDS)
     # seed-major: an interrupted run still covers every concept and method with the seeds it got to
     grid = [(c, m, s) for s in args.seeds for c in args.concepts for m in args.methods]
-    cells = collect(grid, lambda c, m, s: out / f"{cell_tag(args)}-{c}-{m}-{s}.json",
+    cells = collect(grid, cell_path(args, out),
                     lambda c, m, s: run_cell(model, tokenizer, c, m, s, args, text),
                     deterministic=("CAA",), cached_only=args.cached_only, desc="quality grid")
     figure = ""

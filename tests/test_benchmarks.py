@@ -215,3 +215,20 @@ def test_peft_lora_baseline_finds_the_down_projection_through_the_layout():
     iv = quality.train_peft_lora(model, tiny_tokenizer(), pairs, config)
     assert iv.form == "lora" and iv.layer == 1 and hooked_modules(model) == []
     assert model.state_dict().keys() == before.keys()
+
+
+def test_claims_compute_verdicts_from_the_cells():
+    import claims
+
+    split = [cell("SPLIT", s, step((0.01, 0.8)), ppl=lambda s: s / 10) for s in (0, 1)]
+    caa = [cell("CAA", s, step((0.02, 0.6)), ppl=lambda s: 4 * s) for s in (0, 1)]
+    lora = [cell("LoRA", s, step((0.01, 0.85)), ppl=lambda s: s / 10) for s in (0, 1)]
+    for e in lora:
+        e.params = 8448
+    text = "\n".join(claims.claim_lines(split + caa + lora, "c"))
+    # SPLIT's top trained m = 3 sits at s = 0.03: ppl +0.3% for SPLIT, CAA at s = 0.03 is +12%
+    assert "SPLIT, the best SPLIT form here): 0.3% ± 0.0% → holds" in text
+    assert "12.0% ± 0.0%, against 0.3% ± 0.0% → holds" in text
+    assert "(SPLIT vector − CAA, test accuracy within +5%, 2 seeds): 0.300 ± 0.000 → holds" in text  # CAA: +8% at s = 0.02
+    assert "576 vs 8448 parameters; accuracy difference within +5%, 2 seeds): -0.050 ± 0.000 → does not hold" in text
+    assert "preference R² n/a" in text and "→ not measured" in text  # flat fake curves: no fit
