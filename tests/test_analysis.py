@@ -24,13 +24,7 @@ PAIRS = [ContrastivePair(f"Would you take charge of group {i}?", "Yes, gladly" +
 MS = [-2.0, -1.0, 0.0, 1.0, 2.0]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _random_intervention(model, form: str, layer: int = 1, seed: int = 0) -> Intervention:

@@ -15,12 +15,7 @@ HELDOUT = "The river bends twice before it reaches the old mill, and the path fo
 PAIRS = [ContrastivePair(f"Would you take charge of group {i}?", "Yes" + "!" * (i % 3), "No") for i in range(6)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _result(ms, acc, ppl_up):
