@@ -155,12 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed for --sample")
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("demo", help="the main job: CAA and SPLIT side by side on the embedded model",
+    p = sub.add_parser("demo", help="the main job: CAA, SFT and SPLIT side by side on the embedded model",
                        **shown)
     p.add_argument("--out", default="reports/demo", help="report folder (replaced atomically)")
     p.add_argument("--concept", default="optimism",
                    help="a bundled dataset (optimism, power-seeking, self-preservation)")
-    p.add_argument("--methods", default="CAA,SPLIT,SPLIT-lora",
+    p.add_argument("--methods", default="CAA,SFT,SPLIT,SPLIT-lora",
                    help="comma list of CAA, SPLIT, SPLIT-lora, SFT, SPLIT+KL, SPLIT-local_weight")
     p.add_argument("--quick", action="store_true", help="fewer pairs and one epoch (a smoke run)")
     p.set_defaults(func=_demo)

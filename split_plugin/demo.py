@@ -1,4 +1,4 @@
-"""The main job: CAA, SPLIT and SPLIT-lora side by side on the embedded model, under the protocol.
+"""The main job: CAA, SFT, SPLIT and SPLIT-lora side by side on the embedded model, under the protocol.
 
 Every method is evaluated the same way (analysis/protocol.py): on validation pairs held back
 from training, over a log-spaced grid of relative edit strengths and its own trained
@@ -28,10 +28,10 @@ from .models import load_default_model
 from .presets import preset_path
 from .trainer import train
 
-#: display name -> preset; the demo's default is the first three (the baseline and SPLIT's two best forms)
-METHODS = {"CAA": "caa-vector", "SPLIT": "split-vector", "SPLIT-lora": "split-lora", "SFT": "sft-vector",
+#: display name -> preset; the demo runs the first four by default (the two baselines and SPLIT in two forms)
+METHODS = {"CAA": "caa-vector", "SFT": "sft-vector", "SPLIT": "split-vector", "SPLIT-lora": "split-lora",
            "SPLIT+KL": "split-kl-vector", "SPLIT-local_weight": "split-local_weight"}
-DEFAULT_METHODS = "CAA,SPLIT,SPLIT-lora"
+DEFAULT_METHODS = "CAA,SFT,SPLIT,SPLIT-lora"
 TRAIN_PAIRS = 64     # of the bundled training pairs before the validation ones } keep the demo within
 VAL_PAIRS = 24       # the last training pairs: they choose each method's strength } 5 minutes on
 TEST_PAIRS = 48      # of the 64 bundled test pairs                               } 2 CPU cores
