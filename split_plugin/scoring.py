@@ -99,6 +99,17 @@ def answer_logprobs(model: nn.Module, batch: ScoringBatch, *, intervention: nn.M
     return sequence_logprobs(logits, tokens)
 
 
+def pair_logprobs(model: nn.Module, tokenizer, pairs, prompt_format: str,
+                  max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probabilities of each pair's positive and of its negative answer, model as it is."""
+    from .tokenization import PairBatch, encode_pairs  # data-side module; scoring stays importable alone
+
+    batch = encode_pairs(tokenizer, pairs, max_length=max_length, padding_side="right", prompt_format=prompt_format)
+    batch = batch.to(next(model.parameters()).device)
+    lp = answer_logprobs(model, ScoringBatch.plain(batch.input_ids, batch.attention_mask, batch.labels))
+    return PairBatch.split_pairs(lp)
+
+
 def _full_logits(model: nn.Module, batch: ScoringBatch, index: torch.Tensor | None) -> torch.Tensor:
     """[rows, T, vocab] logits of a plain full forward over the (selected) batch rows."""
     pick = (lambda t: t) if index is None else (lambda t: t[index.to(t.device)])

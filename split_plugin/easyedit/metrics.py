@@ -30,10 +30,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..data import ContrastivePair, PairBatch, encode_pairs
+from ..data import ContrastivePair
 from ..fileio import atomic_write_text
 from ..objectives import preference_log_odds, utility_log_odds
-from ..scoring import ScoringBatch, answer_logprobs
+from ..scoring import pair_logprobs
 from .apply import requests_to_pairs
 
 METRIC_KEYS = ("pref_log_odds", "util_log_odds", "pref_acc")
@@ -56,15 +56,6 @@ def _texts(value: Any) -> list[str]:
     return [v for v in values if isinstance(v, str) and v.strip()]
 
 
-def _log_probs(model: torch.nn.Module, tok: Any, pairs: list[ContrastivePair], fmt: str,
-               max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequence log-probabilities of each pair's positive and negative answer."""
-    batch = encode_pairs(tok, pairs, max_length=max_length, padding_side="right", prompt_format=fmt)
-    batch = batch.to(next(model.parameters()).device)
-    lp = answer_logprobs(model, ScoringBatch.plain(batch.input_ids, batch.attention_mask, batch.labels))
-    return PairBatch.split_pairs(lp)
-
-
 def _mean_pref(lp_pos: torch.Tensor, lp_neg: torch.Tensor) -> tuple[float, float]:
     pref = preference_log_odds(lp_pos, lp_neg)
     return pref.mean().item(), (pref > 0).float().mean().item()
@@ -75,7 +66,7 @@ def log_odds_metrics(model: torch.nn.Module, tok: Any, record: Mapping, hparams:
     """Our metrics for one request on the model as it is now (hooks included)."""
     fmt, max_length = host_format(hparams), getattr(hparams, "train_max_length", None) or 256
     (pair,), missing = requests_to_pairs([record])
-    lp_pos, lp_neg = _log_probs(model, tok, [pair], fmt, max_length)
+    lp_pos, lp_neg = pair_logprobs(model, tok, [pair], fmt, max_length)
     if missing:
         util = utility_log_odds(lp_pos, torch.full_like(lp_neg, -math.inf)).item()
         out = {"pref_log_odds": math.nan, "util_log_odds": util, "pref_acc": math.nan}
@@ -86,7 +77,7 @@ def log_odds_metrics(model: torch.nn.Module, tok: Any, record: Mapping, hparams:
     if rephrases and not missing:
         pairs = [ContrastivePair(question=q, positive=pair.positive, negative=pair.negative) for q in rephrases]
         out["rephrase_pref_log_odds"], out["rephrase_pref_acc"] = _mean_pref(
-            *_log_probs(model, tok, pairs, fmt, max_length))
+            *pair_logprobs(model, tok, pairs, fmt, max_length))
     pairs = []
     for section in (record.get("locality") or {}).values():
         if not isinstance(section, Mapping):
@@ -95,7 +86,7 @@ def log_odds_metrics(model: torch.nn.Module, tok: Any, record: Mapping, hparams:
             if answer.strip() != pair.positive.strip():
                 pairs.append(ContrastivePair(question=prompt, positive=answer, negative=pair.positive))
     if pairs:
-        out["locality_log_odds"], out["locality_pref_acc"] = _mean_pref(*_log_probs(model, tok, pairs, fmt, max_length))
+        out["locality_log_odds"], out["locality_pref_acc"] = _mean_pref(*pair_logprobs(model, tok, pairs, fmt, max_length))
     return out
 
 
