@@ -31,6 +31,7 @@ _LAZY = {  # public name -> the submodule defining it
     "export_peft": "serialization", "import_peft": "serialization", "import_reference": "serialization",
     "train": "trainer",
     "sweep": "analysis.sweeping", "SweepResult": "analysis.result", "write_report": "analysis.report",
+    "evaluate": "analysis.protocol", "Evaluation": "analysis.protocol",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
@@ -40,6 +41,7 @@ __all__ = [
     "ArchSpec",
     "Composition",
     "ContrastivePair",
+    "Evaluation",
     "Intervention",
     "InterventionConfig",
     "InterventionHandle",
@@ -50,6 +52,7 @@ __all__ = [
     "__version__",
     "compose",
     "encode_pairs",
+    "evaluate",
     "export",
     "export_peft",
     "generate",
