@@ -276,7 +276,8 @@ def load_pairs(name_or_path: str | Path, split: str = "train", format: str | Non
     """Pairs from a bundled dataset name (split = train/test/...) or a file (format auto-detected).
 
     `split` selects the file `<split>.jsonl` of a bundled dataset or of a folder (train, test, and
-    for the persona datasets freetext-train, freetext-test); it is ignored for a single file. `concept_id` picks one concept of an AxBench parquet file.
+    for the persona datasets freetext-train, freetext-test); it is ignored for a single file.
+    `concept_id` picks one concept of an AxBench parquet file.
     `limit` keeps the first `limit` pairs.
     """
     path = _resolve(name_or_path, split)

@@ -7,6 +7,7 @@ sets (`format_sets`), so accuracy can be reported for each format.
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import replace
@@ -87,7 +88,8 @@ def _freetext_count(pairs: Sequence[ContrastivePair], persona: int, freetext: Se
         raise SplitPluginError(
             f"freetext_share={share} of {len(pairs)} pairs replaces {count} persona pairs by free-text pairs, "
             f"but there are {persona} persona pairs and {len(freetext)} free-text pairs; lower "
-            f"freetext_share to at most {min(len(freetext), persona) / len(pairs):.2f} or pass more pairs")
+            f"freetext_share to at most {math.floor(100 * min(len(freetext), persona) / len(pairs)) / 100} "
+            "or pass more pairs")
     concepts = {p.concept for p in [*pairs, *freetext]} - {None}
     if len(concepts) > 1:
         raise SplitPluginError(f"pairs and freetext mix concepts {sorted(concepts)}; "
