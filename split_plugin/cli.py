@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hparams", required=True,
                    help="a training YAML, e.g. hparams/smollm2-135m-instruct/split-vector.yaml")
     p.add_argument("--data", required=True, help="a bundled dataset name or a data file")
-    p.add_argument("--split", default="train", help="which split of a bundled dataset: train or test")
+    p.add_argument("--split", default="train", help="which split of a bundled dataset: train, test (persona datasets also: freetext-train, freetext-test)")
     p.add_argument("--limit", type=int, default=None, help="use the first N pairs (default: all)")
     p.add_argument("--out", required=True, help="folder for the saved intervention")
     p.add_argument("--model", default="default", help="'default' (embedded SmolLM2) or a local HF folder")

@@ -246,15 +246,21 @@ def list_datasets() -> list[str]:
     return sorted(p.parent.name for p in DATASETS_DIR.glob("*/train.jsonl"))
 
 
+def _split_file(folder: Path, split: str) -> Path:
+    """`<folder>/<split>.jsonl`, or an error listing the splits the folder holds."""
+    splits = sorted(p.stem for p in folder.glob("*.jsonl"))
+    if split not in splits:
+        raise SplitPluginError(f"dataset {folder.name!r} has no split {split!r}; its splits are {splits}")
+    return folder / f"{split}.jsonl"
+
+
 def _resolve(name_or_path: str | Path, split: str) -> Path:
     """The file a bundled name, a dataset folder or a file path points to."""
     if str(name_or_path) in list_datasets():
         name_or_path = DATASETS_DIR / str(name_or_path)
     path = Path(name_or_path)
     if path.is_dir():
-        if split not in ("train", "test"):
-            raise SplitPluginError(f"split must be 'train' or 'test', got {split!r}")
-        return path / f"{split}.jsonl"
+        return _split_file(path, split)
     if not path.exists() and (path.suffix or len(path.parts) > 1):
         raise SplitPluginError(f"data file {str(path)!r} does not exist; check the path "
                                f"(or use a bundled dataset: {list_datasets()})")
@@ -267,10 +273,11 @@ def _resolve(name_or_path: str | Path, split: str) -> Path:
 
 def load_pairs(name_or_path: str | Path, split: str = "train", format: str | None = None,
                concept_id: int | None = None, limit: int | None = None) -> list[ContrastivePair]:
-    """Pairs from a bundled dataset name (split = train/test) or a file (format auto-detected).
+    """Pairs from a bundled dataset name (split = train/test/...) or a file (format auto-detected).
 
-    `split` selects the file of a bundled dataset or of a folder holding train.jsonl/test.jsonl;
-    it is ignored for a single file. `concept_id` picks one concept of an AxBench parquet file.
+    `split` selects the file `<split>.jsonl` of a bundled dataset or of a folder (train, test, and
+    for the persona datasets freetext-train, freetext-test); it is ignored for a single file.
+    `concept_id` picks one concept of an AxBench parquet file.
     `limit` keeps the first `limit` pairs.
     """
     path = _resolve(name_or_path, split)
