@@ -232,3 +232,26 @@ def test_claims_compute_verdicts_from_the_cells():
     assert "(SPLIT vector − CAA, test accuracy within +5%, 2 seeds): 0.300 ± 0.000 → holds" in text  # CAA: +8% at s = 0.02
     assert "576 vs 8448 parameters; accuracy difference within +5%, 2 seeds): -0.050 ± 0.000 → does not hold" in text
     assert "preference R² n/a" in text and "→ not measured" in text  # flat fake curves: no fit
+
+
+def test_formats_table_reports_each_format_and_the_bare_gain_kept():
+    import formats
+
+    def score(pairs, multipliers, text):
+        level = {"instructed": 0.9, "bare": 0.7}.get(getattr(pairs, "name", ""), 0.8)
+        rows = [{"multiplier": m, "accuracy": 0.5 if m == 0 else level, "pref_mean": 0.0, "util_mean": 0.0,
+                 "ppl_increase": 0.01 * m if text else float("nan")} for m in sorted({0.0, *multipliers})]
+        return SweepResult(table={k: [] for k in TABLE_COLUMNS}, summary_rows=rows)
+
+    class Named(list):
+        def __init__(self, name):
+            super().__init__(TEST)
+            self.name = name
+
+    tests = {"instructed": Named("instructed"), "bare": Named("bare")}
+    e = evaluate_with(score, 0.01, [1.0], Named("val"), tests, "prose", name="mixed formats")
+    e.extra.update(concept="c", training="mixed formats", seed=0)
+    assert formats.gain_kept(e, "bare") == pytest.approx(0.2 / 0.4)
+    table = "\n".join(formats.table([e]))
+    assert "| c | mixed formats | 1 | 0.900 | 0.700 | 50% |" in table
+    assert "| c | (unsteered) | | 0.500 | 0.500 | |" in table
