@@ -11,7 +11,8 @@ by `best_within`. Score: validation accuracy within +5% held-out perplexity, ave
 concepts and seeds. The test split is never read.
 
 Every (candidate, concept, seed) cell is saved under --out and skipped when present, so an
-interrupted search resumes; --budget-minutes stops starting new cells after that much time.
+interrupted search resumes; --budget-minutes stops starting new cells after that much time
+(0: report the cells already computed, train nothing).
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ A32 = {"alpha": 32.0}
 #: method (= preset name) -> candidates (name, overrides), in search order: the budget cuts the tail
 SEARCH = {
     "split-lora": [
-        ("preset", {}), ("reference", REFERENCE["lora"]), ("alpha 32", A32),
+        ("alpha 4 (the preset before this search)", {"alpha": 4.0}), ("reference", REFERENCE["lora"]),
+        ("alpha 32", A32),
         ("alpha 32, no sub rows, margin 2", {**A32, "sub_rows": False, "margin": 2.0}),
         ("alpha 32, margin 2", {**A32, "margin": 2.0}),
         ("alpha 32, lr 0.02", {**A32, "lr": 0.02}),
