@@ -27,7 +27,7 @@ from .data import ContrastivePair, PairBatch, encode_pairs, encode_texts, load_h
 from .errors import SplitPluginError
 from .forward import Prefix, PrefixStore, capture_prefix, layer_outputs, run_suffix
 from .intervention import Intervention
-from .layers import ModelLayout, resolve_layout
+from .layers import LayoutLike, ModelLayout, resolve_layout
 from .objectives import nll, off_subspace_share, reps_loss, split_loss
 from .safety import check_device, frozen
 from .scoring import ScoringBatch, answer_logprobs
@@ -63,11 +63,15 @@ def check_pairs(pairs: Sequence[ContrastivePair]) -> list[ContrastivePair]:
 
 def train(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair],
           config: TrainConfig | Mapping | str, *, resume: str | os.PathLike | None = None,
-          history: list | None = None) -> Intervention:
-    """Train an intervention for `model` on `pairs`; the model is left exactly as it was."""
+          history: list | None = None, layout: LayoutLike = None) -> Intervention:
+    """Train an intervention for `model` on `pairs`; the model is left exactly as it was.
+
+    `layout` names the decoder layers of an architecture the registry does not know (an
+    ArchSpec or a mapping of its fields), as `sweep(layout=...)` does.
+    """
     config = as_train_config(config)
     pairs = check_pairs(pairs)
-    layout = resolve_layout(model)
+    layout = resolve_layout(model, layout)
     layout.check_layer(config.layer)
     check_device(config.device, model)
     _check_paths(config)

@@ -234,3 +234,13 @@ def test_manifold_option_pulls_the_edit_into_the_principal_subspace(tmp_path, fo
              for name, iv in (("plain", plain), ("kept", kept))}
     assert basis.shape == (4, model.config.hidden_size)
     assert share["kept"] < 0.5 * share["plain"], share
+
+
+def test_train_takes_an_explicit_layout():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    spec = {"layers": "model.layers", "down_proj": "mlp.down_proj", "final_norm": "model.norm"}
+    given = train(model, tok, PAIRS, cfg(form="lora"), layout=spec)
+    found = train(model, tok, PAIRS, cfg(form="lora"))
+    assert all(torch.equal(a, b) for a, b in zip(given.parameters(), found.parameters()))
+    with pytest.raises(SplitPluginError, match="has no 'mlp.up'"):
+        train(model, tok, PAIRS, cfg(), layout={**spec, "down_proj": "mlp.up"})
