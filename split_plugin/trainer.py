@@ -25,7 +25,7 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ContrastivePair, PairBatch, encode_pairs, encode_texts, load_heldout_text, read_text
 from .errors import SplitPluginError
-from .forward import Prefix, PrefixStore, capture_prefix, layer_outputs, run_suffix
+from .forward import Prefix, PrefixStore, capture_prefix, run_suffix
 from .intervention import Intervention
 from .layers import LayoutLike, ModelLayout, resolve_layout
 from .objectives import nll, off_subspace_share, reps_loss, split_loss
@@ -308,18 +308,13 @@ class _Trainer:
         iv = self.intervention
         return off_subspace_share(iv.delta_weight_matrix(), iv.delta_bias_vector(), self.basis)
 
-    @torch.no_grad()
     def _principal_basis(self) -> torch.Tensor:
-        from .analysis.manifold import ReferenceCloud, inner_tokens  # scipy: loaded only when the option is on
+        from .analysis.manifold import principal_basis  # scipy: loaded only when the option is on
 
         text = self.config.kl_text
         text = load_heldout_text("fit") if text in (None, "heldout") else read_text(text)
-        ids, mask, _ = encode_texts(self.tokenizer, [text], max_length=min(self.config.max_length, 128))
-        device = next(self.model.parameters()).device
-        states = layer_outputs(self.layout, ids.to(device), mask.to(device), [self.config.layer])
-        keep = inner_tokens(mask)
-        cloud = ReferenceCloud.fit(states[self.config.layer][keep.to(device)], self.config.manifold_rank)
-        return cloud.basis.to(device)
+        return principal_basis(self.layout, self.tokenizer, text, self.config.layer, self.config.manifold_rank,
+                               max_length=min(self.config.max_length, 128))
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume, history: list | None) -> Intervention:

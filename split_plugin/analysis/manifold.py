@@ -131,6 +131,16 @@ class ManifoldReport:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
 
+@torch.no_grad()
+def principal_basis(layout: ModelLayout, tokenizer, text: str, layer: int, rank: int,
+                    max_length: int = 128) -> torch.Tensor:
+    """[rank, d] orthonormal top principal directions of unsteered layer-`layer` states on `text`."""
+    ids, mask, _ = encode_texts(tokenizer, [text], max_length=max_length)
+    device = next(layout.model.parameters()).device
+    states = layer_outputs(layout, ids.to(device), mask.to(device), [layer])[layer]
+    return ReferenceCloud.fit(states[inner_tokens(mask).to(device)], rank).basis
+
+
 def _token_states(layout: ModelLayout, batches: list, layers: list[int], keep: torch.Tensor | None
                   ) -> dict[int, torch.Tensor]:
     """Per layer, [n, d] states of the inner tokens of all batches (rows `keep` of them, if given)."""
