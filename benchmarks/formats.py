@@ -15,8 +15,6 @@ instruction line (`bare`). Cells are saved under --out and reused.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import shlex
 import sys
 import time
@@ -105,13 +103,12 @@ def main(argv=None) -> None:
         for concept in args.concepts:
             for training in tqdm(TRAINING, desc=f"{concept} seed {seed}"):
                 values = {**TrainConfig.from_yaml(preset_path(args.method)).to_dict(), "seed": seed, "progress": False}
-                key = json.dumps({**values, "concept": concept, "training": training, "n": args.train_pairs},
-                                 sort_keys=True)
-                path = out / f"{concept}-{training.replace(' ', '-')}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.json"
+                config = TrainConfig.from_dict(values)
+                path = out / f"{concept}-{training.replace(' ', '-')}-n{args.train_pairs}-{config.digest()}.json"
                 if path.exists():
                     cells.append(Evaluation.from_json(path))
                 elif not args.cached_only:
-                    cell = run_cell(model, tokenizer, TrainConfig.from_dict(values), concept, training, args, text)
+                    cell = run_cell(model, tokenizer, config, concept, training, args, text)
                     cell.to_json(path)
                     cells.append(cell)
     if not cells:

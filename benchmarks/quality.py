@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import platform
@@ -176,9 +174,7 @@ def cell_path(args, out: Path) -> Callable[[str, str, int], Path]:
     """Where a cell lives: the grid flags, concept, method, seed and a hash of its training config
     (so a changed preset computes new cells instead of reusing stale ones)."""
     def path_of(concept: str, method: str, seed: int) -> Path:
-        config = json.dumps(cell_config(method, seed, args).to_dict(), sort_keys=True)
-        digest = hashlib.sha1(config.encode()).hexdigest()[:8]
-        return out / f"{cell_tag(args)}-{concept}-{method}-{seed}-{digest}.json"
+        return out / f"{cell_tag(args)}-{concept}-{method}-{seed}-{cell_config(method, seed, args).digest(8)}.json"
     return path_of
 
 

@@ -17,8 +17,6 @@ interrupted search resumes; --budget-minutes stops starting new cells after that
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import platform
 import shlex
 import sys
@@ -103,9 +101,8 @@ def candidate_config(method: str, overrides: dict, seed: int) -> TrainConfig:
 
 
 def cell_path(out: Path, config: TrainConfig, concept: str, n_train: int) -> Path:
-    """One file per (settings, concept, training size): the hash covers every training setting."""
-    key = json.dumps({**config.to_dict(), "concept": concept, "n_train": n_train}, sort_keys=True)
-    return out / f"{concept}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+    """One file per (settings, concept, training size): `config.digest()` covers every training setting."""
+    return out / f"{concept}-n{n_train}-{config.digest()}.json"
 
 
 def run_cell(model, tokenizer, config: TrainConfig, concept: str, n_train: int, text: str) -> Evaluation:

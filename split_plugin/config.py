@@ -1,6 +1,8 @@
 """TrainConfig: every training setting, loaded from YAML with unknown keys and wrong types named."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import typing
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -151,6 +153,15 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def digest(self, length: int = 10) -> str:
+        """A short hash of the settings that differ from the defaults: it names a result by what
+        trained it, and stays the same when a later version adds a setting with a default."""
+        changed = {f.name: getattr(self, f.name) for f in fields(self)
+                   if f.default is MISSING or getattr(self, f.name) != f.default}
+        if self.factors == default_factors(self.form):
+            changed.pop("factors", None)
+        return hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -61,3 +61,13 @@ def test_unset_factors_are_the_forms_own(form, factors):
     config = TrainConfig.from_dict({"layer": 1, "form": form})
     assert [config.factors[0], config.factors[-1]] == factors and len(config.factors) == 10
     assert TrainConfig(layer=1, form=form, factors=[3]).factors == [3.0]
+
+
+def test_digest_names_the_settings_that_differ_from_the_defaults():
+    from split_plugin.config import TrainConfig as Config
+
+    base = Config(layer=3)
+    assert base.digest() == Config(layer=3, factors=list(base.factors)).digest()  # the form's own factors
+    assert base.digest() == Config.from_dict(base.to_dict()).digest()
+    assert base.digest() != Config(layer=3, margin=0.4).digest() != Config(layer=4).digest()
+    assert len(Config(layer=3).digest(8)) == 8
