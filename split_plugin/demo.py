@@ -32,9 +32,9 @@ from .trainer import train
 METHODS = {"CAA": "caa-vector", "SFT": "sft-vector", "SPLIT": "split-vector", "SPLIT-lora": "split-lora",
            "SPLIT+KL": "split-kl-vector", "SPLIT-local_weight": "split-local_weight"}
 DEFAULT_METHODS = "CAA,SFT,SPLIT,SPLIT-lora"
-TRAIN_PAIRS = 64     # of the bundled training pairs before the validation ones } keep the demo within
-VAL_PAIRS = 24       # the last training pairs: they choose each method's strength } 5 minutes on
-TEST_PAIRS = 48      # of the 64 bundled test pairs                               } 2 CPU cores
+TRAIN_PAIRS = 64     # of the bundled training pairs before the validation ones } a subset, to keep
+VAL_PAIRS = 24       # the last training pairs: they choose each method's strength } the demo short
+TEST_PAIRS = 48      # of the 64 bundled test pairs                               } on 2 CPU cores
 BUDGET = 0.05        # the table's perplexity budget; the plot shows every budget
 GENERATION_PROMPTS = 3
 
