@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shlex
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -52,3 +53,15 @@ def as_code_block(printed: str) -> str:
     """A run's printed output as a Markdown code block (progress-bar lines dropped)."""
     lines = [line for line in printed.splitlines() if line.strip() and "\r" not in line]
     return "```\n" + "\n".join(lines) + "\n```"
+
+
+def command(script: str, argv: list[str] | None) -> str:
+    """The command line that produced a report, for its "Command:" line."""
+    return f"python benchmarks/{script} {shlex.join(argv if argv is not None else sys.argv[1:])}".rstrip()
+
+
+def publish(report: str, markdown: str | None, name: str, title: str) -> None:
+    """Print a report and, when `markdown` names a file, write it as that file's section `name`."""
+    print(report)
+    if markdown:
+        write_section(markdown, name, title, report)

@@ -10,7 +10,6 @@ Accuracies are test accuracies at the strength chosen on validation pairs (the p
 """
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
-from _markdown import write_section  # noqa: E402
+from _markdown import command, publish  # noqa: E402
 
 from split_plugin.analysis.protocol import Evaluation  # noqa: E402
 
@@ -102,15 +101,12 @@ def main(argv=None) -> None:
     grid = [(c, m, s) for s in args.seeds for c in args.concepts for m in args.methods]
     cells = quality.collect(grid, quality.cell_path(args, out), None, deterministic=("CAA",), cached_only=True,
                             desc="claims")
-    lines = [f"Command: `python benchmarks/claims.py {shlex.join(argv if argv is not None else sys.argv[1:])}` "
+    lines = [f"Command: `{command('claims.py', argv)}` "
              f"(reads the quality grid's cells; {len(cells)} found). Test accuracy at the strength chosen on "
              "validation within +5% held-out perplexity; means ± 95% t-intervals over seeds.", ""]
     for concept in args.concepts:
         lines += claim_lines(cells, concept)
-    report = "\n".join(lines)
-    print(report)
-    if args.markdown:
-        write_section(args.markdown, "claims", "Claims (benchmarks/claims.py)", report)
+    publish("\n".join(lines), args.markdown, "claims", "Claims (benchmarks/claims.py)")
 
 
 if __name__ == "__main__":

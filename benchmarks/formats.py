@@ -15,7 +15,6 @@ instruction line (`bare`). Cells are saved under --out and reused.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _markdown import write_section  # noqa: E402
+from _markdown import command, publish  # noqa: E402
 
 from split_plugin import (TrainConfig, format_sets, load_default_model, load_heldout_text, load_pairs,  # noqa: E402
                           preset_path, train, vary_formats)
@@ -114,16 +113,13 @@ def main(argv=None) -> None:
     if not cells:
         print("no cells yet: run without --cached-only")
         return
-    lines = [f"Command: `python benchmarks/formats.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ",
+    lines = [f"Command: `{command('formats.py', argv)}`  ",
              f"Preset {args.method}; {args.train_pairs} training pairs; test accuracy per prompt format at the "
              f"strength chosen within +{BUDGET:.0%} held-out perplexity on validation pairs in the training "
              "style. Formats: split_plugin/formats.py (`instructed` is the bundled one; `free-text` are the "
              "concept's free-text test pairs). Bare gain kept: (bare accuracy - unsteered) / (instructed "
              "accuracy - unsteered).", "", *table(cells)]
-    report = "\n".join(lines)
-    print(report)
-    if args.markdown:
-        write_section(args.markdown, "formats", "Accuracy per prompt format (benchmarks/formats.py)", report)
+    publish("\n".join(lines), args.markdown, "formats", "Accuracy per prompt format (benchmarks/formats.py)")
 
 
 if __name__ == "__main__":

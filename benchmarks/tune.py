@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shlex
 import sys
 import time
 from datetime import date
@@ -28,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _markdown import write_section  # noqa: E402
+from _markdown import command, publish  # noqa: E402
 
 from split_plugin import TrainConfig, load_default_model, load_heldout_text, load_pairs, preset_path, train  # noqa: E402
 from split_plugin.analysis.protocol import Evaluation, best_within, evaluate  # noqa: E402
@@ -160,7 +159,7 @@ def main(argv=None) -> None:
             evaluation = run_cell(model, tokenizer, config, concept, args.train_pairs, text)
             evaluation.to_json(path)
         results.setdefault((method, name), []).append(evaluation)
-    lines = [f"Command: `python benchmarks/tune.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ",
+    lines = [f"Command: `{command('tune.py', argv)}`  ",
              f"Date: {date.today()}; machine: {platform.machine()}; {args.train_pairs} training pairs "
              f"(training split minus its last {VAL_PAIRS}), scored on those {VAL_PAIRS} validation pairs; "
              f"concepts {args.concepts}; seeds {args.seeds}. Strength chosen on validation within "
@@ -171,10 +170,7 @@ def main(argv=None) -> None:
         rows = [(name, summarize(results[(method, name)])) for name, _ in SEARCH[method]
                 if len(results.get((method, name), [])) == want]
         lines += table(method, rows)
-    report = "\n".join(lines)
-    print(report)
-    if args.markdown:
-        write_section(args.markdown, "tune", "Recipe search (benchmarks/tune.py)", report)
+    publish("\n".join(lines), args.markdown, "tune", "Recipe search (benchmarks/tune.py)")
 
 
 if __name__ == "__main__":
