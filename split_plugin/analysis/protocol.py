@@ -159,7 +159,7 @@ class Evaluation:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def _test_multipliers(validation: SweepResult, points: list[Point], budgets: Sequence[float]) -> list[float]:
+def _test_multipliers(validation: SweepResult, budgets: Sequence[float]) -> list[float]:
     """What the test sets are scored at: the validation choices for every budget, and m = 0."""
     chosen = {best_within(validation, b)["multiplier"] for b in (*FRONTIER_BUDGETS, *budgets)}
     return sorted(chosen | {0.0})
@@ -189,7 +189,7 @@ def evaluate_with(score: Score, ratio_at_one: float, trained: Sequence[float],
     _require_heldout(heldout_text)
     points = evaluation_points(ratio_at_one, trained, grid)
     val = score(validation, [p.multiplier for p in points], heldout_text)
-    chosen = _test_multipliers(val, points, budgets)
+    chosen = _test_multipliers(val, budgets)
     scored = {k: score(pairs, chosen, None) for k, pairs in tests.items()}
     return Evaluation(name, points, val, scored, params, train_seconds, {"edit_ratio": ratio_at_one})
 
