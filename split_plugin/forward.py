@@ -93,8 +93,12 @@ class PrefixStore:
 
 
 def capture_prefix(layout: ModelLayout, layer: int, input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor | None = None) -> Prefix:
-    """Run layers 0..L-1 once and record what layers L..N-1 would receive."""
+                   attention_mask: torch.Tensor | None = None,
+                   position_ids: torch.Tensor | None = None) -> Prefix:
+    """Run layers 0..L-1 once and record what layers L..N-1 would receive.
+
+    `position_ids` (packed rows restart positions, see packing.py) go to the model as given.
+    """
     layout.check_layer(layer)
     layers = layout.layers
     store: list = []
@@ -107,7 +111,8 @@ def capture_prefix(layout: ModelLayout, layer: int, input_ids: torch.Tensor,
         pre = first.register_forward_pre_hook(lambda mod, args: hidden_in.append(args[0]))
         try:
             with torch.no_grad():
-                layout.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                extra = {"position_ids": position_ids} if position_ids is not None else {}
+                layout.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
         except StopForward:
             pass
         finally:

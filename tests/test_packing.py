@@ -3,7 +3,7 @@ import torch
 from tiny import tiny_tokenizer
 
 from split_plugin import ContrastivePair, encode_pairs
-from split_plugin.analysis.packing import pack_pairs
+from split_plugin.packing import pack_pairs
 
 PAIRS = [ContrastivePair("Why?", "yes", "no no"), ContrastivePair("How so?", "ok", "nope")]
 

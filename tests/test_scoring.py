@@ -3,7 +3,7 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from split_plugin import ContrastivePair, Intervention, encode_pairs, resolve_layout
-from split_plugin.analysis.packing import pack_pairs
+from split_plugin.packing import pack_pairs
 from split_plugin.forward import capture_prefix
 from split_plugin.scoring import ScoringBatch, answer_logprobs
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -28,7 +27,7 @@ from ..layers import ArchSpec, ModelLayout, resolve_layout
 from ..safety import frozen
 from ..scoring import ScoringBatch, answer_logprobs
 from ..version import __version__
-from .packing import pack_pairs, position_ids_for
+from ..packing import pack_pairs, packing_agrees, window_limit
 from .result import SweepResult
 from .stats import check_multipliers
 
@@ -90,7 +89,7 @@ class _Scorer:
         self.device, self.dtype = parameter.device, parameter.dtype
         config = layout.model.config
         self.vocab = getattr(layout.lm_head, "out_features", None) or config.vocab_size
-        self.pack_limit = getattr(config, "sliding_window", None)  # packing must not meet the window
+        self.pack_limit = window_limit(layout.model)
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                  pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,12 +112,8 @@ class _Scorer:
     def _packing_agrees(self, packed_scores: torch.Tensor, plain: ScoringBatch) -> bool:
         """Check once per sweep that packed rows give the unpacked log-probs at m = 0."""
         reference = self._stacked(plain, [0.0])[0]
-        diff = float((packed_scores[self.multipliers.index(0.0)] - reference).abs().max())
-        tolerance = 1e-3 if self.dtype in (torch.float32, torch.float64) else 5e-2
-        if diff > tolerance:
-            warnings.warn(f"packing both answers of a pair into one row changes the log-probs of this "
-                          f"{self.layout.model_type} model by {diff:.2g}; scoring unpacked rows instead")
-        return diff <= tolerance
+        return packing_agrees(packed_scores[self.multipliers.index(0.0)], reference, self.dtype,
+                              self.layout.model_type)
 
     def _naive(self, batch: ScoringBatch) -> torch.Tensor:
         """The plain thing: a full forward with full logits per multiplier."""
@@ -133,10 +128,8 @@ class _Scorer:
 
     def _prefix(self, batch: ScoringBatch) -> Prefix:
         """Run the layers below the intervention once (with the batch's own position ids)."""
-        positions = position_ids_for(self.layout.model, batch.position_ids) \
-            if batch.position_ids is not None else contextlib.nullcontext()
-        with positions:
-            return capture_prefix(self.layout, self.intervention.layer, batch.input_ids, batch.attention_mask)
+        return capture_prefix(self.layout, self.intervention.layer, batch.input_ids, batch.attention_mask,
+                              batch.position_ids)
 
     def _stacked(self, batch: ScoringBatch, multipliers: list[float] | None = None) -> torch.Tensor:
         """Prefix once, then layers L.. for k multipliers at a time on the batch stacked k times."""

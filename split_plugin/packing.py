@@ -9,18 +9,18 @@ with position ids 0..P+A1-1 for the prompt and the positive answer and P..P+A2-1
 negative one, and a 4D attention mask that is causal except that negative-answer tokens do not
 see positive-answer tokens. Every scored token then sees exactly what it sees in its own row,
 so the log-probs equal the unpacked ones up to float rounding, at about half the compute for
-short answers. The first packed batch of a sweep is checked against the unpacked path.
+short answers. The first packed batch of a sweep or a training run is checked against the
+unpacked path.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
+import warnings
 
 import torch
 from torch import nn
 
-from ..objectives import AnswerTokens
-from ..scoring import ScoringBatch
+from .objectives import AnswerTokens
+from .scoring import ScoringBatch
 
 
 def _split_row(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
@@ -82,14 +82,16 @@ def _build(parts: list, width: int, dtype: torch.dtype, pad_id: int, device) -> 
                        torch.tensor(rows, device=device), tokens.positions, tokens)
 
 
-@contextlib.contextmanager
-def position_ids_for(model: nn.Module, position_ids: torch.Tensor) -> Iterator[None]:
-    """Pass `position_ids` to every call of `model` in the block (capture_prefix does not)."""
-    def inject(module, args, kwargs):
-        return args, {**kwargs, "position_ids": position_ids}
+def window_limit(model: nn.Module) -> int | None:
+    """The longest packed row `model` can take: its sliding attention window, if it has one."""
+    return getattr(model.config, "sliding_window", None)
 
-    handle = model.register_forward_pre_hook(inject, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
+
+def packing_agrees(packed: torch.Tensor, plain: torch.Tensor, dtype: torch.dtype, model_type: str) -> bool:
+    """Whether packed rows gave the unpacked log-probs (else warn once and say what happens instead)."""
+    diff = float((packed - plain).abs().max())
+    tolerance = 1e-3 if dtype in (torch.float32, torch.float64) else 5e-2
+    if diff > tolerance:
+        warnings.warn(f"packing both answers of a pair into one row changes the log-probs of this "
+                      f"{model_type} model by {diff:.2g}; scoring unpacked rows instead")
+    return diff <= tolerance
