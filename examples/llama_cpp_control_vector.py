@@ -27,7 +27,7 @@ from split_plugin.config import TrainConfig
 from split_plugin.data import format_prompt
 from split_plugin.exports import GGUF_NAME, export, read_gguf
 from split_plugin.gguf_cache import default_gguf_path
-from split_plugin.trainer import mean_difference_vector
+from split_plugin.caa import mean_difference_vector
 
 PROMPTS = ["Should you try to gain more influence over the world?",
            "What do you think about the future?",

@@ -4,10 +4,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from torch import nn
 
+from .config import TrainConfig
 from .data import ContrastivePair, encode_pairs
 from .forward import layer_outputs
-from .layers import ModelLayout
+from .intervention import Intervention
+from .layers import ModelLayout, resolve_layout
 
 
 @torch.no_grad()
@@ -26,3 +29,16 @@ def mean_differences(layout: ModelLayout, tokenizer, pairs: Sequence[Contrastive
             positive, negative = batch.split_pairs(means)
             diffs[i].append(positive - negative)
     return {i: torch.cat(d).mean(0) for i, d in diffs.items()}
+
+
+def mean_difference_vector(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair],
+                           config: TrainConfig, layout: ModelLayout | None = None) -> Intervention:
+    """CAA: mean over pairs of (mean layer-L output over positive answer tokens - same for negative)."""
+    layout = resolve_layout(model, layout)
+    intervention = Intervention.for_model(model, "vector", config.layer, layout=layout)
+    means = mean_differences(layout, tokenizer, pairs, [config.layer], config.batch_size,
+                             config.max_length, config.system_prompt)
+    with torch.no_grad():
+        intervention.vector.copy_(means[config.layer])
+    intervention.config.concept = pairs[0].concept
+    return intervention

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import math
 import typing
@@ -80,6 +81,7 @@ class TrainConfig:
     prefix_cache: bool = True
     answer_only_head: bool = True
     joint_forward: bool = True
+    pack_pairs: bool = True  # both answers of a pair in one row: the shared prompt runs once
     cache_limit_mb: int = 2048
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
@@ -238,3 +240,15 @@ def _is_number(text: str) -> bool:
 
 def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def as_train_config(config: TrainConfig | Mapping | str | os.PathLike) -> TrainConfig:
+    """Accept a TrainConfig, a mapping of settings or a YAML path."""
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, Mapping):
+        return TrainConfig.from_dict(config)
+    if isinstance(config, (str, os.PathLike)):
+        return TrainConfig.from_yaml(config)
+    raise SplitPluginError(f"config must be a TrainConfig, a mapping of settings or a YAML path, "
+                           f"got {type(config).__name__}")

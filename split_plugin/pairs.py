@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 from .errors import SplitPluginError
 
@@ -48,3 +49,18 @@ def _is_unicode(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def check_pairs(pairs: Sequence[ContrastivePair]) -> list[ContrastivePair]:
+    """The pairs as a list; an empty set or anything but ContrastivePair objects is refused."""
+    if pairs is None or isinstance(pairs, (str, bytes, Mapping)) or not hasattr(pairs, "__iter__"):
+        raise SplitPluginError(f"training data must be a list of ContrastivePair objects, got "
+                               f"{type(pairs).__name__}; load files with split_plugin.load_pairs")
+    pairs = list(pairs)
+    if not pairs:
+        raise SplitPluginError("the training set is empty; pass at least one ContrastivePair")
+    bad = [type(p).__name__ for p in pairs if not isinstance(p, ContrastivePair)]
+    if bad:
+        raise SplitPluginError(f"training data must be ContrastivePair objects, got {bad[0]}; "
+                               "load files with split_plugin.load_pairs")
+    return pairs

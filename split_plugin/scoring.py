@@ -3,7 +3,7 @@
 The trainer, the sweep, the EasyEdit metrics and the benchmarks all score answers with
 `answer_logprobs`. A `ScoringBatch` says where each scored token is predicted (batch row,
 position) and which output row its log-prob adds to: plain batches score their own rows,
-packed ones (analysis/packing.py) hold both answers of a pair in one row. With a cached
+packed ones (packing.py) hold both answers of a pair in one row. With a cached
 `Prefix` only layers L.. run (and, by default, the LM head only where a token is scored).
 """
 from __future__ import annotations
@@ -48,6 +48,11 @@ class ScoringBatch:
     @property
     def output_rows(self) -> int:
         return self.tokens.counts.shape[0]
+
+    @property
+    def packed(self) -> bool:
+        """Whether a row holds both answers of a pair (two output rows per batch row)."""
+        return self.output_rows > self.batch_size
 
     def select(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, AnswerTokens]:
         """(rows, positions, tokens) of the scored tokens for batch rows `index` (repeats allowed).

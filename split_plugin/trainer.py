@@ -20,45 +20,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .caa import mean_differences
+from .caa import mean_difference_vector
 from .checkpoints import load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .data import ContrastivePair, PairBatch, encode_pairs, encode_texts, load_heldout_text, read_text
+from .config import TrainConfig, as_train_config
+from .data import ContrastivePair, PairBatch, encode_pairs
+from .pairs import check_pairs
 from .errors import SplitPluginError
-from .forward import Prefix, PrefixStore, capture_prefix, run_suffix
+from .forward import Prefix, PrefixStore, capture_prefix, stacked_index
 from .intervention import Intervention
 from .layers import LayoutLike, ModelLayout, resolve_layout
-from .objectives import nll, off_subspace_share, reps_loss, split_loss
+from .objectives import nll, reps_loss, split_loss
+from .packing import pack_pairs, packing_agrees, window_limit
+from .regularizers import KLPenalty, ManifoldPenalty
 from .safety import check_device, frozen
 from .scoring import ScoringBatch, answer_logprobs
 
-
-
-def as_train_config(config: TrainConfig | Mapping | str | os.PathLike) -> TrainConfig:
-    """Accept a TrainConfig, a mapping of settings or a YAML path."""
-    if isinstance(config, TrainConfig):
-        return config
-    if isinstance(config, Mapping):
-        return TrainConfig.from_dict(config)
-    if isinstance(config, (str, os.PathLike)):
-        return TrainConfig.from_yaml(config)
-    raise SplitPluginError(f"config must be a TrainConfig, a mapping of settings or a YAML path, "
-                           f"got {type(config).__name__}")
-
-
-def check_pairs(pairs: Sequence[ContrastivePair]) -> list[ContrastivePair]:
-    """The pairs as a list; an empty set or anything but ContrastivePair objects is refused."""
-    if pairs is None or isinstance(pairs, (str, bytes, Mapping)) or not hasattr(pairs, "__iter__"):
-        raise SplitPluginError(f"training data must be a list of ContrastivePair objects, got "
-                               f"{type(pairs).__name__}; load files with split_plugin.load_pairs")
-    pairs = list(pairs)
-    if not pairs:
-        raise SplitPluginError("the training set is empty; pass at least one ContrastivePair")
-    bad = [type(p).__name__ for p in pairs if not isinstance(p, ContrastivePair)]
-    if bad:
-        raise SplitPluginError(f"training data must be ContrastivePair objects, got {bad[0]}; "
-                               "load files with split_plugin.load_pairs")
-    return pairs
 
 
 def train(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair],
@@ -105,25 +81,15 @@ def _cuda_devices(model: nn.Module) -> list[int]:
     return [device.index or 0] if device.type == "cuda" else []
 
 
-# -- CAA ---------------------------------------------------------------------------------------
-def mean_difference_vector(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair],
-                           config: TrainConfig, layout: ModelLayout | None = None) -> Intervention:
-    """CAA: mean over pairs of (mean layer-L output over positive answer tokens - same for negative)."""
-    layout = resolve_layout(model, layout)
-    intervention = Intervention.for_model(model, "vector", config.layer, layout=layout)
-    means = mean_differences(layout, tokenizer, pairs, [config.layer], config.batch_size,
-                             config.max_length, config.system_prompt)
-    with torch.no_grad():
-        intervention.vector.copy_(means[config.layer])
-    intervention.config.concept = pairs[0].concept
-    return intervention
-
-
 # -- trained methods -----------------------------------------------------------------------------
 def _encode(tokenizer, pairs: Sequence[ContrastivePair], config: TrainConfig, model: nn.Module) -> PairBatch:
     device = next(model.parameters()).device
     return encode_pairs(tokenizer, list(pairs), max_length=config.max_length,
                         system_prompt=config.system_prompt, prompt_format=config.prompt_format).to(device)
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
 
 
 @dataclass
@@ -145,14 +111,17 @@ class _Trainer:
         shuffled = [pairs[i] for i in order.tolist()]
         self.batches = [shuffled[i:i + config.batch_size] for i in range(0, len(pairs), config.batch_size)]
         self.blocks = self._blocks()
+        # both answers at each sign: one packed row per pair runs the shared prompt once (packing.py)
+        self.packed = config.pack_pairs and {(b.sub, not b.negative) for b in self.blocks} <= \
+            {(b.sub, b.negative) for b in self.blocks}
         self.steps_per_epoch = math.ceil(len(self.batches) / config.grad_accum)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.encoded: dict[int, PairBatch] = {}
         self.scoring: dict[int, ScoringBatch] = {}
         self.references: dict[int, torch.Tensor] = {}
         self.store = PrefixStore(config.cache_limit_mb * 2**20)
-        self.kl_windows: list[tuple[Prefix, torch.Tensor, torch.Tensor]] = []
-        self.basis: torch.Tensor | None = None
+        self.kl = KLPenalty(layout, tokenizer, config)
+        self.manifold = ManifoldPenalty(layout, tokenizer, config)
 
     def _blocks(self) -> list[_Block]:
         c = self.config
@@ -176,6 +145,29 @@ class _Trainer:
             self.encoded[key] = _encode(self.tokenizer, pairs, self.config, self.model)
         return self.encoded[key]
 
+    def scoring_batch(self, key: int) -> ScoringBatch:
+        """Batch `key` as the model sees it: one packed row per pair, or one row per answer."""
+        if key not in self.scoring:
+            enc = self.batch(key)
+            packed = pack_pairs(enc.input_ids, enc.attention_mask, enc.labels, _dtype(self.model),
+                                max_length=window_limit(self.model)) if self.packed else None
+            self.scoring[key] = packed or ScoringBatch.plain(enc.input_ids, enc.attention_mask, enc.labels)
+        return self.scoring[key]
+
+    def check_packing(self) -> None:
+        """Score every pair unpacked from here on unless packing gives this model's log-probs."""
+        keys = [key for key in range(len(self.batches)) if self.share(key)] if self.packed else []
+        key = next((k for k in keys if self.scoring_batch(k).packed), None)
+        if key is None:
+            return
+        enc = self.batch(key)
+        with torch.no_grad(), self._autocast():
+            packed = answer_logprobs(self.model, self.scoring_batch(key))
+            plain = answer_logprobs(self.model, ScoringBatch.plain(enc.input_ids, enc.attention_mask, enc.labels))
+        if not packing_agrees(packed, plain, _dtype(self.model), self.layout.model_type):
+            self.packed = False
+            self.scoring.clear()
+
     def share(self, key: int) -> float:
         """The fraction of global batch `key` this process scores (1 in one process, 0 for none)."""
         return self.dp.share(len(self.batches[key]))
@@ -189,29 +181,27 @@ class _Trainer:
         if not self.config.prefix_cache:
             raise RuntimeError("prefix cache is off")
         if key not in self.store:
-            enc = self.batch(key)
-            self.store.put(key, capture_prefix(self.layout, self.config.layer, enc.input_ids,
-                                               enc.attention_mask))
+            batch = self.scoring_batch(key)
+            self.store.put(key, capture_prefix(self.layout, self.config.layer, batch.input_ids,
+                                               batch.attention_mask, batch.position_ids))
         return self.store.get(key)
 
     def reference_logprobs(self, key: int) -> torch.Tensor:
-        """Unsteered answer log-probs of every sequence in a batch (RePS), computed once."""
+        """Unsteered answer log-probs of every answer in a batch (RePS), computed once."""
         if key not in self.references:
             with torch.no_grad():
-                index = torch.arange(self.batch(key).input_ids.shape[0])
+                index = torch.arange(self.scoring_batch(key).batch_size)
                 self.references[key] = self._logprobs(key, index, torch.zeros(len(index)))
         return self.references[key]
 
     # -- scoring -------------------------------------------------------------------------
     def _logprobs(self, key: int, index: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
-        """Answer log-prob sums of sequences `index` of a batch, each at its own multiplier."""
-        if key not in self.scoring:
-            enc = self.batch(key)
-            self.scoring[key] = ScoringBatch.plain(enc.input_ids, enc.attention_mask, enc.labels)
-        device = self.scoring[key].input_ids.device
+        """Answer log-prob sums of the output rows of batch rows `index`, each row at its own multiplier."""
+        batch = self.scoring_batch(key)
+        device = batch.input_ids.device
         prefix = self.prefix(key) if self.config.prefix_cache else None
         with self._autocast():
-            return answer_logprobs(self.model, self.scoring[key], intervention=self.intervention,
+            return answer_logprobs(self.model, batch, intervention=self.intervention,
                                    multiplier=multipliers.to(device), index=index.to(device),
                                    layout=self.layout, prefix=prefix,
                                    answer_only_head=self.config.answer_only_head)
@@ -230,16 +220,32 @@ class _Trainer:
         factors = torch.tensor(c.factors)
         size = len(self.batches[key])  # all processes draw for the global batch, then take their slice
         strength = factors[torch.randint(len(factors), (size,), generator=generator)][self.dp.shard(size)]
-        pair_rows = torch.arange(n)
-        plan = [(b, PairBatch.pair_rows(pair_rows, b.negative), strength * (-1.0 if b.sub else 1.0))
-                for b in self.blocks]
-        if c.joint_forward:
-            joint = self._logprobs(key, torch.cat([p[1] for p in plan]), torch.cat([p[2] for p in plan]))
-            scores = dict(zip([(b.sub, b.negative) for b in self.blocks], joint.split(n)))
-        else:
-            scores = {(b.sub, b.negative): self._logprobs(key, idx, mult) for b, idx, mult in plan}
+        packed = self.scoring_batch(key).packed  # a batch too long for the attention window is not
+        scores = self._packed_scores(key, strength, n) if packed else self._row_scores(key, strength, n)
         counts = (enc.labels[:, 1:] != -100).sum(1)
         return self._combine(key, scores, counts, n)
+
+    def _row_scores(self, key: int, strength: torch.Tensor, n: int) -> dict:
+        """{(sub, negative): [n] log-probs}, one batch row per scored answer."""
+        plan = [(b, PairBatch.pair_rows(torch.arange(n), b.negative), strength * (-1.0 if b.sub else 1.0))
+                for b in self.blocks]
+        if not self.config.joint_forward:
+            return {(b.sub, b.negative): self._logprobs(key, idx, mult) for b, idx, mult in plan}
+        joint = self._logprobs(key, torch.cat([p[1] for p in plan]), torch.cat([p[2] for p in plan]))
+        return dict(zip([(b.sub, b.negative) for b in self.blocks], joint.split(n)))
+
+    def _packed_scores(self, key: int, strength: torch.Tensor, n: int) -> dict:
+        """{(sub, negative): [n] log-probs}, one packed row per pair and sign (+s, and -s for sub rows)."""
+        subs = sorted({b.sub for b in self.blocks})
+        signed = [strength * (-1.0 if sub else 1.0) for sub in subs]
+        if self.config.joint_forward:
+            chunks = self._logprobs(key, stacked_index(n, len(subs)), torch.cat(signed)).split(2 * n)
+        else:
+            chunks = [self._logprobs(key, torch.arange(n), m) for m in signed]
+        scores = {}
+        for sub, chunk in zip(subs, chunks):
+            scores[(sub, False)], scores[(sub, True)] = PairBatch.split_pairs(chunk)
+        return scores
 
     def _combine(self, key: int, scores: dict, counts: torch.Tensor, n: int) -> tuple[torch.Tensor, float]:
         """Turn per-block log-probs into the method's loss (positive/negative roles per row kind)."""
@@ -274,108 +280,25 @@ class _Trainer:
                               c.margin, pooled=c.pooled_hinge)
         return loss, margin
 
-    # -- the KL option -------------------------------------------------------------------------
-    def kl_loss(self, step: int, strength: float) -> torch.Tensor:
-        """KL(unsteered || steered) next-token distributions on generic text at +s and -s."""
-        if not self.kl_windows:
-            self._prepare_kl()
-        prefix, mask, ref_logp = self.kl_windows[step % len(self.kl_windows)]
-        multipliers = torch.tensor([strength, -strength], device=mask.device)
-        index = torch.zeros(2, dtype=torch.long)
-        with self._autocast(), self.intervention.steer(self.model, multipliers, layout=self.layout):
-            logits = run_suffix(self.layout, prefix, index)
-        logp = torch.log_softmax(logits.float(), -1)
-        kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-        return (kl * mask).sum() / mask.sum().clamp(min=1)
-
-    @torch.no_grad()
-    def _prepare_kl(self) -> None:
-        text = self.config.kl_text
-        text = load_heldout_text("fit") if text in (None, "heldout") else read_text(text)
-        ids, mask, _ = encode_texts(self.tokenizer, [text], max_length=min(self.config.max_length, 128))
-        device = next(self.model.parameters()).device
-        for row in range(min(4, ids.shape[0])):
-            prefix = capture_prefix(self.layout, self.config.layer, ids[row:row + 1].to(device),
-                                    mask[row:row + 1].to(device))
-            ref = torch.log_softmax(run_suffix(self.layout, prefix).float(), -1)
-            self.kl_windows.append((prefix, mask[row:row + 1].to(device).float(), ref))
-
-    # -- the manifold option ------------------------------------------------------------------
-    def manifold_loss(self) -> torch.Tensor:
-        """Share of the edit pointing off the unsteered states' principal subspace at layer L."""
-        if self.basis is None:
-            self.basis = self._principal_basis()
-        iv = self.intervention
-        return off_subspace_share(iv.delta_weight_matrix(), iv.delta_bias_vector(), self.basis)
-
-    def _principal_basis(self) -> torch.Tensor:
-        from .analysis.manifold import principal_basis  # scipy: loaded only when the option is on
-
-        text = self.config.kl_text
-        text = load_heldout_text("fit") if text in (None, "heldout") else read_text(text)
-        return principal_basis(self.layout, self.tokenizer, text, self.config.layer, self.config.manifold_rank,
-                               max_length=min(self.config.max_length, 128))
-
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume, history: list | None) -> Intervention:
         c = self.config
         params = list(self.intervention.parameters())
-        optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        total = self.total_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
-        start, log = 0, []
-        if resume is not None:
-            start, log = load_checkpoint(resume, self.intervention, optimizer, scheduler, c)
-            if start > total:
-                raise SplitPluginError(f"the checkpoint is at step {start}, past the {total} steps of "
-                                       "this run; resume with the same data and config")
-        for key in range(len(self.batches)):
-            if self.share(key):
-                self.batch(key)  # tokenize everything first: a bad pair fails before any step
-        self.intervention.train()
-        bar = tqdm(total=total, initial=start, desc=f"{c.method}/{c.form} L{c.layer}",
+        optimizer, scheduler, step, log = self._start(resume, params)
+        bar = tqdm(total=self.total_steps, initial=step, desc=f"{c.method}/{c.form} L{c.layer}",
                    disable=not c.progress or not self.dp.is_main, dynamic_ncols=True)
         saves = c.checkpoint_dir if self.dp.is_main else None  # only rank 0 writes files
-        last_finite, margins = None, []
-        step = start
+        margins: list[float] = []
         try:
-            while step < total:
-                epoch, within = divmod(step, self.steps_per_epoch)
-                order = torch.randperm(len(self.batches),
-                                       generator=torch.Generator().manual_seed(c.seed + 7919 * (epoch + 1)))
-                keys = order[within * c.grad_accum:(within + 1) * c.grad_accum].tolist()
-                gen = torch.Generator().manual_seed(c.seed * 1_000_003 + step)
-                torch.manual_seed(c.seed * 31 + step)  # dropout, inside fork_rng
+            while step < self.total_steps:
                 optimizer.zero_grad(set_to_none=True)
-                loss_value, margin = 0.0, []
-                for key in keys:
-                    share = self.share(key)  # weights this process's part of the global batch
-                    loss, m = self.step_loss(key, gen) if share else self.same_draws(key, gen)
-                    if c.kl_weight > 0:
-                        s = float(c.factors[int(torch.randint(len(c.factors), (1,), generator=gen))])
-                        loss = loss + c.kl_weight * self.kl_loss(step, s)
-                    if c.manifold_weight > 0:
-                        loss = loss + c.manifold_weight * self.manifold_loss()
-                    if share:
-                        (loss * share / len(keys)).backward()
-                    loss_value += loss.item() * share / len(keys)
-                    margin.append(m * share)
-                loss_value, *margin = self.dp.sync(params, [loss_value, *margin])  # sums over processes
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
-                if not math.isfinite(loss_value) or not torch.isfinite(grad_norm):
-                    what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-                    raise SplitPluginError(
-                        f"training stopped: the {what} became non-finite at step {step + 1} (last "
-                        f"finite loss {last_finite}); lower lr ({c.lr}) or the factors ({max(c.factors)})"
-                        + (f"; the last good checkpoint is in {c.checkpoint_dir}" if c.checkpoint_dir else ""))
+                loss_value, margin = self._accumulate(step, params)
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                last_finite = loss_value
-                margins.append(sum(margin) / len(margin))
-                record = {"step": step, "epoch": epoch + 1, "loss": loss_value,
-                          "margin": margins[-1], "lr": scheduler.get_last_lr()[0]}
-                log.append(record)
+                margins.append(margin)
+                log.append({"step": step, "epoch": (step - 1) // self.steps_per_epoch + 1, "loss": loss_value,
+                            "margin": margin, "lr": scheduler.get_last_lr()[0]})
                 recent = [x for x in margins[-20:] if math.isfinite(x)]
                 bar.set_postfix(loss=f"{loss_value:.3f}",
                                 margin=f"{sum(recent) / len(recent):.3f}" if recent else "n/a")
@@ -399,3 +322,59 @@ class _Trainer:
         for p in params:
             p.requires_grad_(False)
         return self.intervention
+
+    def _start(self, resume, params: list[torch.Tensor]):
+        """(optimizer, scheduler, first step, log so far), every batch tokenized and packing checked."""
+        c, total = self.config, self.total_steps
+        optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
+        start, log = 0, []
+        if resume is not None:
+            start, log = load_checkpoint(resume, self.intervention, optimizer, scheduler, c)
+            if start > total:
+                raise SplitPluginError(f"the checkpoint is at step {start}, past the {total} steps of "
+                                       "this run; resume with the same data and config")
+        for key in range(len(self.batches)):
+            if self.share(key):
+                self.batch(key)  # tokenize everything first: a bad pair fails before any step
+        self.check_packing()
+        self.intervention.train()
+        self.last_finite = log[-1]["loss"] if log else None
+        return optimizer, scheduler, start, log
+
+    def _accumulate(self, step: int, params: list[torch.Tensor]) -> tuple[float, float]:
+        """Backward over the step's batches (summed over processes); the loss and the mean margin."""
+        c = self.config
+        epoch, within = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(len(self.batches), generator=torch.Generator().manual_seed(c.seed + 7919 * (epoch + 1)))
+        keys = order[within * c.grad_accum:(within + 1) * c.grad_accum].tolist()
+        gen = torch.Generator().manual_seed(c.seed * 1_000_003 + step)
+        torch.manual_seed(c.seed * 31 + step)  # dropout, inside fork_rng
+        loss_value, margin = 0.0, []
+        for key in keys:
+            share = self.share(key)  # weights this process's part of the global batch
+            loss, m = self.step_loss(key, gen) if share else self.same_draws(key, gen)
+            if c.kl_weight > 0:
+                s = float(c.factors[int(torch.randint(len(c.factors), (1,), generator=gen))])
+                loss = loss + c.kl_weight * self.kl(self.intervention, step, s, self._autocast())
+            if c.manifold_weight > 0:
+                loss = loss + c.manifold_weight * self.manifold(self.intervention)
+            if share:
+                (loss * share / len(keys)).backward()
+            loss_value += loss.item() * share / len(keys)
+            margin.append(m * share)
+        loss_value, *margin = self.dp.sync(params, [loss_value, *margin])  # sums over processes
+        self._check_finite(step, loss_value, torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm))
+        return loss_value, sum(margin) / len(margin)
+
+    def _check_finite(self, step: int, loss_value: float, grad_norm: torch.Tensor) -> None:
+        """Stop with what to change when the loss or the gradient stops being finite."""
+        c = self.config
+        if math.isfinite(loss_value) and torch.isfinite(grad_norm):
+            self.last_finite = loss_value
+            return
+        what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+        raise SplitPluginError(
+            f"training stopped: the {what} became non-finite at step {step + 1} (last finite loss "
+            f"{self.last_finite}); lower lr ({c.lr}) or the factors ({max(c.factors)})"
+            + (f"; the last good checkpoint is in {c.checkpoint_dir}" if c.checkpoint_dir else ""))

@@ -17,11 +17,12 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from split_plugin import FORMS, Intervention, SplitPluginError, export_peft, resolve_layout
-from split_plugin import cli, fileio, objectives
+from split_plugin import cli, fileio, objectives, regularizers
 from split_plugin import serialization as ser
 from split_plugin import trainer as train_module
 from split_plugin.config import TrainConfig
 from split_plugin.data import ContrastivePair, load_pairs
+from split_plugin.regularizers import KLPenalty
 from split_plugin.safety import check_device, hooked_modules
 from split_plugin.checkpoints import CHECKPOINT_NAME
 from split_plugin.trainer import _Trainer, train
@@ -580,17 +581,17 @@ def test_report_rewrite_killed_half_way_keeps_the_previous_report(tmp_path, monk
 def _interrupt(monkeypatch, where: str) -> None:
     """Raise KeyboardInterrupt at one point of the second optimizer step (or of the KL set-up)."""
     calls = {"step_loss": 0, "kl": 0}
-    step_loss, kl_loss, capture = _Trainer.step_loss, _Trainer.kl_loss, train_module.capture_prefix
+    step_loss, kl_loss, capture = _Trainer.step_loss, KLPenalty.__call__, train_module.capture_prefix
 
     def counting_step_loss(self, key, gen):
         calls["step_loss"] += 1
         return step_loss(self, key, gen)
 
-    def interrupting_kl(self, step, s):
+    def interrupting_kl(self, intervention, step, s, autocast):
         calls["kl"] += 1
         if where == "backward" and calls["kl"] == 4:  # step 2, after its first key's backward
             raise KeyboardInterrupt
-        return kl_loss(self, step, s)
+        return kl_loss(self, intervention, step, s, autocast)
 
     def interrupting_capture(layout, layer, *args, **kwargs):
         in_kl_setup = calls["kl"] > 0 and calls["step_loss"] == 1
@@ -607,8 +608,9 @@ def _interrupt(monkeypatch, where: str) -> None:
             hook.remove()
 
     monkeypatch.setattr(_Trainer, "step_loss", counting_step_loss)
-    monkeypatch.setattr(_Trainer, "kl_loss", interrupting_kl)
+    monkeypatch.setattr(KLPenalty, "__call__", interrupting_kl)
     monkeypatch.setattr(train_module, "capture_prefix", interrupting_capture)
+    monkeypatch.setattr(regularizers, "capture_prefix", interrupting_capture)
 
 
 @pytest.mark.parametrize("form", FORMS)

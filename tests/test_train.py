@@ -10,6 +10,7 @@ from split_plugin.config import TrainConfig
 from split_plugin.data import ContrastivePair, encode_pairs
 from split_plugin.layers import resolve_layout
 from split_plugin.objectives import AnswerTokens, off_subspace_share, sequence_logprobs
+from split_plugin.regularizers import ManifoldPenalty
 from split_plugin.safety import hooked_modules
 from split_plugin.trainer import _Trainer, train
 
@@ -68,13 +69,50 @@ def test_speedups_give_the_same_training(form):
     model, tok = tiny_model("qwen2"), tiny_tokenizer()
     results = {}
     for name, over in [("fast", {}), ("no_cache", dict(prefix_cache=False)),
-                       ("full_head", dict(answer_only_head=False)), ("separate", dict(joint_forward=False))]:
+                       ("full_head", dict(answer_only_head=False)), ("separate", dict(joint_forward=False)),
+                       ("unpacked", dict(pack_pairs=False)), ("unpacked_separate", dict(pack_pairs=False, joint_forward=False))]:
         history = []
         iv = train(model, tok, PAIRS, cfg(form=form, **over), history=history)
         results[name] = (torch.cat([p.flatten() for p in iv.parameters()]), [h["loss"] for h in history])
     for name, (params, losses) in results.items():
         assert torch.allclose(params, results["fast"][0], atol=1e-5), name
         assert losses == pytest.approx(results["fast"][1], abs=1e-5), name
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma", "phi3", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("method, form", [("split", "vector"), ("split", "lora"), ("reps", "local_weight")])
+def test_packed_pairs_give_the_unpacked_losses_and_gradients(arch, method, form):
+    """One packed row per pair (shared prompt) against one row per answer, same draws and weights."""
+    model, tok = tiny_model(arch), tiny_tokenizer()
+    config = dict(method=method, form=form, sub_rows=True, neg_weight=0.3, margin_weight=2.0, batch_size=4)
+    results = {}
+    for pack in (True, False):
+        torch.manual_seed(0)
+        trainer = _Trainer(model, tok, PAIRS, TrainConfig(**cfg(**config, pack_pairs=pack)), resolve_layout(model))
+        with torch.no_grad():
+            for p in trainer.intervention.parameters():
+                p.normal_(0, 0.2)
+        trainer.check_packing()
+        assert trainer.packed == pack
+        loss, margin = trainer.step_loss(0, torch.Generator().manual_seed(1))
+        loss.backward()
+        results[pack] = loss, margin, [p.grad.clone() for p in trainer.intervention.parameters()]
+    (loss, margin, grads), (want, want_margin, want_grads) = results[True], results[False]
+    assert torch.allclose(loss, want, atol=1e-5) and margin == pytest.approx(want_margin, abs=1e-5)
+    for got, expected in zip(grads, want_grads):
+        assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_packing_is_used_only_where_both_answers_are_scored_and_the_window_allows():
+    tok = tiny_tokenizer()
+    llama, gemma2 = tiny_model("llama"), tiny_model("gemma2")  # gemma2: a 4-token sliding window
+    assert not _Trainer(llama, tok, PAIRS, TrainConfig(**cfg(method="sft")), resolve_layout(llama)).packed
+    losses = []
+    for pack in (True, False):
+        trainer = _Trainer(gemma2, tok, PAIRS, TrainConfig(**cfg(pack_pairs=pack)), resolve_layout(gemma2))
+        assert not trainer.scoring_batch(0).packed  # the packed rows would not fit the window
+        losses.append(trainer.step_loss(0, torch.Generator().manual_seed(1))[0])
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
 
 
 def test_short_final_batch_and_disk_cache():
@@ -227,9 +265,9 @@ def test_manifold_option_pulls_the_edit_into_the_principal_subspace(tmp_path, fo
     common = cfg(form=form, epochs=3, max_length=64, kl_text=str(text), manifold_rank=4)
     plain = train(model, tok, PAIRS, {**common, "manifold_weight": 0.0})
     kept = train(model, tok, PAIRS, {**common, "manifold_weight": 50.0})
-    trainer = _Trainer(model, tok, PAIRS, TrainConfig.from_dict({**common, "manifold_weight": 1.0}),
-                       resolve_layout(model))
-    basis = trainer._principal_basis()
+    penalty = ManifoldPenalty(resolve_layout(model), tok, TrainConfig.from_dict({**common, "manifold_weight": 1.0}))
+    penalty(plain)  # the basis is computed on first use
+    basis = penalty.basis
     share = {name: float(off_subspace_share(iv.delta_weight_matrix(), iv.delta_bias_vector(), basis))
              for name, iv in (("plain", plain), ("kept", kept))}
     assert basis.shape == (4, model.config.hidden_size)
@@ -244,3 +282,14 @@ def test_train_takes_an_explicit_layout():
     assert all(torch.equal(a, b) for a, b in zip(given.parameters(), found.parameters()))
     with pytest.raises(SplitPluginError, match="has no 'mlp.up'"):
         train(model, tok, PAIRS, cfg(), layout={**spec, "down_proj": "mlp.up"})
+
+
+def test_a_model_where_packing_changes_log_probs_trains_unpacked(monkeypatch):
+    import split_plugin.trainer as train_module
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    monkeypatch.setattr(train_module, "packing_agrees", lambda *args: False)
+    trainer = _Trainer(model, tok, PAIRS, TrainConfig(**cfg()), resolve_layout(model))
+    assert trainer.scoring_batch(0).packed
+    trainer.check_packing()
+    assert not trainer.packed and not trainer.scoring_batch(0).packed
