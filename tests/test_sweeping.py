@@ -1,6 +1,6 @@
 """sweep: a refused intervention or a failing forward leaves the user's model as it was."""
 import pytest
-from tiny import (FOREIGN, LAYER, PAIRS, assert_intact, boom, randomized, raising_hook, snapshot, tiny_model,
+from tiny import (FOREIGN, LAYER, PAIRS, assert_intact, boom, randomized, replaced_output, snapshot, tiny_model,
                   tiny_tokenizer, user_model)
 
 from split_plugin import SplitPluginError
@@ -25,12 +25,8 @@ def test_exception_in_a_sweep_forward_leaves_the_model_intact(at):
     model = user_model()
     snap = snapshot(model)
     iv = randomized(model, "lora")
-    handle = raising_hook(model, at, boom)
-    try:
-        with pytest.raises(RuntimeError, match="boom"):
-            sweep(model, tiny_tokenizer(), iv, PAIRS, [-1.0, 1.0], bootstrap=0, progress=False)
-    finally:
-        handle.remove()
+    with replaced_output(model, at, boom), pytest.raises(RuntimeError, match="boom"):
+        sweep(model, tiny_tokenizer(), iv, PAIRS, [-1.0, 1.0], bootstrap=0, progress=False)
     assert_intact(model, snap)
 
 

@@ -250,7 +250,7 @@ def test_train_takes_an_explicit_layout():
 # failure paths (moved from test_reliability.py): one clear error on bad input, the model left as the
 # user had it, an interrupt resumes bit for bit, non-finite losses and gradients stop training
 # =================================================================================================
-from tiny import (LAYER, assert_intact, boom, names, param_copies, raising_hook, short_run,  # noqa: E402
+from tiny import (LAYER, assert_intact, boom, names, param_copies, replaced_output, short_run,  # noqa: E402
                   snapshot, user_model)
 
 from split_plugin import FORMS  # noqa: E402
@@ -373,16 +373,13 @@ def _nan(output):
 def test_exception_in_the_forward_leaves_the_model_intact(method, at, prefix_cache):
     model = user_model()
     snap = snapshot(model)
-    handle = raising_hook(model, at, boom)
-    try:
+    with replaced_output(model, at, boom):
         if method == "caa" and at > LAYER:  # CAA stops at layer L: nothing above it runs
             train(model, tiny_tokenizer(), PAIRS, short_run(method=method, prefix_cache=prefix_cache))
         else:
             with pytest.raises(RuntimeError, match="boom in the forward"):
                 form = "lora" if method != "caa" else "vector"
                 train(model, tiny_tokenizer(), PAIRS, short_run(method=method, form=form, prefix_cache=prefix_cache))
-    finally:
-        handle.remove()
     assert_intact(model, snap)
 
 
@@ -390,12 +387,9 @@ def test_exception_in_the_forward_leaves_the_model_intact(method, at, prefix_cac
 def test_nan_in_the_forward_stops_training_and_leaves_the_model_intact(tmp_path):
     model = user_model()
     snap = snapshot(model)
-    handle = raising_hook(model, LAYER + 1, _nan)
-    try:
-        with pytest.raises(SplitPluginError, match=r"loss became non-finite at step 1 \(last finite loss None\)"):
-            train(model, tiny_tokenizer(), PAIRS, short_run(form="local_weight"))
-    finally:
-        handle.remove()
+    with (replaced_output(model, LAYER + 1, _nan),
+          pytest.raises(SplitPluginError, match=r"loss became non-finite at step 1 \(last finite loss None\)")):
+        train(model, tiny_tokenizer(), PAIRS, short_run(form="local_weight"))
     assert_intact(model, snap)
 
 

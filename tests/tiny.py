@@ -3,6 +3,7 @@ failure-path tests share: a toy training set, random interventions, and a check 
 the user's model exactly as it was."""
 from __future__ import annotations
 
+import contextlib
 import string
 from pathlib import Path
 
@@ -170,13 +171,16 @@ def assert_intact(model, snap: dict) -> None:
     model.train(was_training)
 
 
-def raising_hook(model, layer: int, make):
-    """A user hook on decoder layer `layer` whose output is replaced by `make(output)`."""
-    def hook(module, args, output):
-        return make(output)
-    return resolve_layout(model).layers[layer].register_forward_hook(hook)
+@contextlib.contextmanager
+def replaced_output(model, layer: int, make):
+    """While open, a user's hook replaces the output of decoder layer `layer` by `make(output)`."""
+    handle = resolve_layout(model).layers[layer].register_forward_hook(lambda module, args, out: make(out))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def boom(output):
-    """A `raising_hook` maker: the forward fails."""
+    """A `replaced_output` maker: the forward fails."""
     raise RuntimeError("boom in the forward")
