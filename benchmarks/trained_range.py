@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality  # noqa: E402  (edit ratios, held-out text length, plain peft LoRA)
+import quality  # noqa: E402  (the validation split, plain peft LoRA)
 from _markdown import write_section  # noqa: E402
 
 from split_plugin import TrainConfig, load_default_model, load_heldout_text, load_pairs, preset_path, sweep, train  # noqa: E402
 from split_plugin.data import HELDOUT_WORDS  # noqa: E402
+from split_plugin.strength import edit_ratio  # noqa: E402
 
 MULTIPLIERS = (0.0, 0.5, 1.0, 2.0)
 #: name -> (preset, overrides); "LoRA (peft)" is quality.py's plain peft fine-tuning at m = 1
@@ -62,7 +63,7 @@ def run_variant(model, tokenizer, name: str, train_pairs, val_pairs, text: str, 
     else:
         intervention = train(model, tokenizer, train_pairs, config)
     seconds = time.perf_counter() - start
-    strength = quality.edit_ratio(model, tokenizer, intervention, text)
+    strength = edit_ratio(model, tokenizer, intervention, text)
     result = sweep(model, tokenizer, intervention, val_pairs, list(MULTIPLIERS), heldout_text=text,
                    bootstrap=0, progress=False)
     rows = {round(r["multiplier"], 9): r for r in result.summary()}
