@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality  # noqa: E402
+import quality  # noqa: E402  (its command line: claims reads the cells of the same grid)
+from _cells import cell_path, collect, runs, top_trained  # noqa: E402
+from _intervals import fmt, mean_ci, stat  # noqa: E402
 from _markdown import command, publish  # noqa: E402
 
 from split_plugin.analysis.protocol import Evaluation  # noqa: E402
@@ -42,12 +44,12 @@ def paired(cells, concept: str, a: str, b: str, pick) -> tuple[float, float, int
     """mean ± CI over seeds of pick(a) - pick(b), cells matched by seed."""
     by_seed = {(c.name, c.extra["seed"]): c for c in cells if c.extra["concept"] == concept}
     diffs = [pick(by_seed[(a, s)]) - pick(by_seed[(b, s)]) for (name, s) in by_seed if name == a and (b, s) in by_seed]
-    return (*quality.mean_ci(diffs), len(diffs))
+    return (*mean_ci(diffs), len(diffs))
 
 
 def best_split(cells, concept: str) -> str | None:
-    forms = [m for m in SPLIT_FORMS if quality.runs(cells, concept, m)]
-    return max(forms, key=lambda m: quality.stat(quality.runs(cells, concept, m), acc)[0], default=None)
+    forms = [m for m in SPLIT_FORMS if runs(cells, concept, m)]
+    return max(forms, key=lambda m: stat(runs(cells, concept, m), acc)[0], default=None)
 
 
 def verdict(ok: bool | None) -> str:
@@ -55,41 +57,41 @@ def verdict(ok: bool | None) -> str:
 
 
 def claim_lines(cells, concept: str) -> list[str]:
-    f = quality.fmt
+    f = fmt
     lines, best = [f"##### {concept}", ""], best_split(cells, concept)
     if best is None:
         return lines + ["No SPLIT cells yet.", ""]
-    top = quality.stat(quality.runs(cells, concept, best), lambda e: quality.top_trained(e)["ppl_increase"])
+    top = stat(runs(cells, concept, best), lambda e: top_trained(e)["ppl_increase"])
     lines.append(f"- **SPLIT stays within +5% perplexity at its largest trained strength** ({best}, the "
                  f"best SPLIT form here): {f(*top, pct=True)} → {verdict(top[0] <= BUDGET)}.")
-    if quality.runs(cells, concept, "CAA"):
-        strong = lambda e: quality.top_trained(e)["strength"]  # noqa: E731
-        caa = {c.extra["seed"]: c for c in quality.runs(cells, concept, "CAA")}
-        naive = quality.mean_ci([ppl_at_strength(caa[e.extra["seed"]], strong(e))
-                                 for e in quality.runs(cells, concept, best) if e.extra["seed"] in caa])
+    if runs(cells, concept, "CAA"):
+        strong = lambda e: top_trained(e)["strength"]  # noqa: E731
+        caa = {c.extra["seed"]: c for c in runs(cells, concept, "CAA")}
+        naive = mean_ci([ppl_at_strength(caa[e.extra["seed"]], strong(e))
+                                 for e in runs(cells, concept, best) if e.extra["seed"] in caa])
         lines.append(f"- **Naive steering breaks perplexity where SPLIT does not**: CAA at the same relative "
                      f"strength as {best}'s largest trained multiplier: {f(*naive, pct=True)}, against "
                      f"{f(*top, pct=True)} → {verdict(naive[0] > top[0])} (paper: +40% vs < 5%).")
-    if quality.runs(cells, concept, "SPLIT") and quality.runs(cells, concept, "CAA"):
+    if runs(cells, concept, "SPLIT") and runs(cells, concept, "CAA"):
         gain, half, n = paired(cells, concept, "SPLIT", "CAA", acc)
         lines.append(f"- **Learned vectors beat contrastive ones by 8-12 points** (SPLIT vector − CAA, test "
                      f"accuracy within +5%, {n} seeds): {f(gain, half)} → {verdict(gain >= CLAIMED_GAIN)}.")
-    lora = quality.runs(cells, concept, "LoRA")
-    small = [m for m in SPLIT_FORMS if quality.runs(cells, concept, m) and lora
-             and 3 * quality.runs(cells, concept, m)[0].params <= lora[0].params]
+    lora = runs(cells, concept, "LoRA")
+    small = [m for m in SPLIT_FORMS if runs(cells, concept, m) and lora
+             and 3 * runs(cells, concept, m)[0].params <= lora[0].params]
     if small:
-        m = max(small, key=lambda x: quality.stat(quality.runs(cells, concept, x), acc)[0])
+        m = max(small, key=lambda x: stat(runs(cells, concept, x), acc)[0])
         gap, half, n = paired(cells, concept, m, "LoRA", acc)
-        lines.append(f"- **SPLIT matches LoRA with 3x fewer parameters** ({m}, {quality.runs(cells, concept, m)[0].params} "
+        lines.append(f"- **SPLIT matches LoRA with 3x fewer parameters** ({m}, {runs(cells, concept, m)[0].params} "
                      f"vs {lora[0].params} parameters; accuracy difference within +5%, {n} seeds): {f(gap, half)} → "
                      f"{verdict(gap + (half if np.isfinite(half) else 0) >= 0)} (holds = the interval reaches 0 or above).")
-    r2 = [e.validation.fit() for e in quality.runs(cells, concept, best)]
+    r2 = [e.validation.fit() for e in runs(cells, concept, best)]
     pref = [fit.preference.r2 for fit in r2]
     phases = sum(all((fit.phases.get("positive") or {}).get(k) for k in ("linear", "transition", "convergence"))
                  for fit in r2)
     fitted = [v for v in pref if np.isfinite(v)]
     lines.append(f"- **Three phases, fits with R² > 0.95** ({best}, validation sweeps, m ≥ 0): preference R² "
-                 f"{f(*quality.mean_ci(pref))}; all three phases found in {phases} of {len(r2)} sweeps → "
+                 f"{f(*mean_ci(pref))}; all three phases found in {phases} of {len(r2)} sweeps → "
                  f"{verdict(min(fitted) > 0.95 and phases == len(r2) if fitted else None)}.")
     return lines + [""]
 
@@ -99,7 +101,7 @@ def main(argv=None) -> None:
     args.cached_only = True
     out = Path(args.out)
     grid = [(c, m, s) for s in args.seeds for c in args.concepts for m in args.methods]
-    cells = quality.collect(grid, quality.cell_path(args, out), None, deterministic=("CAA",), cached_only=True,
+    cells = collect(grid, cell_path(args, out), None, deterministic=("CAA",), cached_only=True,
                             desc="claims")
     lines = [f"Command: `{command('claims.py', argv)}` "
              f"(reads the quality grid's cells; {len(cells)} found). Test accuracy at the strength chosen on "

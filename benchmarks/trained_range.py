@@ -17,18 +17,18 @@ import os
 import platform
 import shlex
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality  # noqa: E402  (edit ratios, held-out text length, plain peft LoRA)
+from _cells import VAL_PAIRS, preset_config, train_timed  # noqa: E402  (the validation split, peft LoRA)
 from _markdown import write_section  # noqa: E402
 
-from split_plugin import TrainConfig, load_default_model, load_heldout_text, load_pairs, preset_path, sweep, train  # noqa: E402
+from split_plugin import load_default_model, load_heldout_text, load_pairs, sweep  # noqa: E402
 from split_plugin.data import HELDOUT_WORDS  # noqa: E402
+from split_plugin.strength import edit_ratio  # noqa: E402
 
 MULTIPLIERS = (0.0, 0.5, 1.0, 2.0)
 #: name -> (preset, overrides); "LoRA (peft)" is quality.py's plain peft fine-tuning at m = 1
@@ -54,15 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_variant(model, tokenizer, name: str, train_pairs, val_pairs, text: str, seed: int) -> list[str]:
     preset, overrides = VARIANTS[name]
-    values = {**TrainConfig.from_yaml(preset_path(preset)).to_dict(), **overrides, "seed": seed, "progress": False}
-    config = TrainConfig.from_dict(values)
-    start = time.perf_counter()
-    if name == "LoRA (peft)":
-        intervention = quality.train_peft_lora(model, tokenizer, train_pairs, config)
-    else:
-        intervention = train(model, tokenizer, train_pairs, config)
-    seconds = time.perf_counter() - start
-    strength = quality.edit_ratio(model, tokenizer, intervention, text)
+    config = preset_config(preset, seed, overrides)
+    intervention, seconds = train_timed(model, tokenizer, train_pairs, config, peft_lora=name == "LoRA (peft)")
+    strength = edit_ratio(model, tokenizer, intervention, text)
     result = sweep(model, tokenizer, intervention, val_pairs, list(MULTIPLIERS), heldout_text=text,
                    bootstrap=0, progress=False)
     rows = {round(r["multiplier"], 9): r for r in result.summary()}
@@ -76,7 +70,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     model, tokenizer = load_default_model()
     pairs = load_pairs(args.concept, split="train")
-    train_pairs, val_pairs = pairs[:-quality.VAL_PAIRS][:args.train_pairs], pairs[-quality.VAL_PAIRS:]
+    train_pairs, val_pairs = pairs[:-VAL_PAIRS][:args.train_pairs], pairs[-VAL_PAIRS:]
     text = load_heldout_text(words=HELDOUT_WORDS)
     lines = [f"Command: `python benchmarks/trained_range.py {' '.join(map(shlex.quote, argv))}`  ",
              f"Date: {date.today().isoformat()}; machine: {os.cpu_count()} cores, {platform.machine()}; "

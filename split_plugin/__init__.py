@@ -14,7 +14,8 @@ from .lazy import lazy_attributes
 from .version import __version__
 
 # Everything else loads on first use, so `import split_plugin` (and `split-steer --help`) does
-# not pay for torch and transformers until an attribute needs them.
+# not pay for torch and transformers until an attribute needs them. This table is the one list of
+# public names (__all__ is built from it); the analysis names defer to split_plugin.analysis's table.
 _LAZY = {  # public name -> the submodule defining it
     "push_to_hub": "card",
     "Composition": "composition", "compose": "composition",
@@ -31,49 +32,10 @@ _LAZY = {  # public name -> the submodule defining it
     "list_presets": "presets", "preset_path": "presets",
     "export_peft": "serialization", "import_peft": "serialization", "import_reference": "serialization",
     "train": "trainer",
-    "sweep": "analysis.sweeping", "SweepResult": "analysis.result", "write_report": "analysis.report",
-    "evaluate": "analysis.protocol", "Evaluation": "analysis.protocol",
+    "Evaluation": "analysis", "SweepResult": "analysis", "evaluate": "analysis", "sweep": "analysis",
+    "write_report": "analysis",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
-__all__ = [
-    "FORMS",
-    "ArchSpec",
-    "Composition",
-    "ContrastivePair",
-    "Evaluation",
-    "Intervention",
-    "InterventionConfig",
-    "InterventionHandle",
-    "ModelLayout",
-    "PERSONA_FORMATS",
-    "SplitPluginError",
-    "SweepResult",
-    "TrainConfig",
-    "__version__",
-    "compose",
-    "encode_pairs",
-    "evaluate",
-    "export",
-    "export_peft",
-    "format_sets",
-    "generate",
-    "import_peft",
-    "import_reference",
-    "list_datasets",
-    "list_presets",
-    "load_default_model",
-    "load_default_tokenizer",
-    "load_heldout_text",
-    "load_model",
-    "load_pairs",
-    "preset_path",
-    "push_to_hub",
-    "reformat",
-    "resolve_layout",
-    "sweep",
-    "train",
-    "vary_formats",
-    "write_report",
-]
+__all__ = sorted(["SplitPluginError", "__version__", *_LAZY])

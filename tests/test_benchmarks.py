@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import _cells  # noqa: E402
+import _frontier  # noqa: E402
+import _intervals  # noqa: E402
 import _markdown  # noqa: E402
+import _peer_report  # noqa: E402
 import quality  # noqa: E402
 
 from split_plugin.analysis import Evaluation, SweepResult  # noqa: E402
@@ -61,9 +65,9 @@ def test_quality_table_reports_the_test_split_at_the_strength_chosen_on_validati
 
 
 def test_mean_ci_is_a_t_interval():
-    mean, half = quality.mean_ci([0.5, 0.6, 0.7])
+    mean, half = _intervals.mean_ci([0.5, 0.6, 0.7])
     assert mean == pytest.approx(0.6) and half == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)
-    assert quality.mean_ci([0.4])[0] == 0.4 and quality.mean_ci([])[0] != quality.mean_ci([])[0]
+    assert _intervals.mean_ci([0.4])[0] == 0.4 and _intervals.mean_ci([])[0] != _intervals.mean_ci([])[0]
 
 
 def test_tables_and_sections(tmp_path):
@@ -99,22 +103,22 @@ def test_cells_resume_from_files_and_deterministic_methods_run_once(tmp_path):
 
     grid = [(c, m, s) for s in (0, 1) for c in ("c",) for m in ("CAA", "SPLIT")]
     path_of = lambda c, m, s: tmp_path / f"{c}-{m}-{s}.json"  # noqa: E731
-    first = quality.collect(grid, path_of, run, ("CAA",), cached_only=False, desc="t")
+    first = _cells.collect(grid, path_of, run, ("CAA",), cached_only=False, desc="t")
     assert ran == [("CAA", 0), ("SPLIT", 0), ("SPLIT", 1)]
     assert [c.extra["seed"] for c in first] == [0, 0, 1, 1] and not (tmp_path / "c-CAA-1.json").exists()
-    again = quality.collect(grid, path_of, run, ("CAA",), cached_only=True, desc="t")
+    again = _cells.collect(grid, path_of, run, ("CAA",), cached_only=True, desc="t")
     assert len(ran) == 3 and [c.to_dict() for c in again] == [c.to_dict() for c in first]
     (tmp_path / "c-SPLIT-1.json").unlink()
-    assert len(quality.collect(grid, path_of, run, ("CAA",), cached_only=True, desc="t")) == 3
+    assert len(_cells.collect(grid, path_of, run, ("CAA",), cached_only=True, desc="t")) == 3
 
 
 def test_frontier_figure_plots_the_validation_choices(tmp_path):
     cells = [cell("SPLIT", s, step((0.01, 0.7), (0.05, 0.9))) for s in (0, 1)]
-    curves = quality.frontier_curves(cells, ["c", "absent"], ["SPLIT", "CAA"])
+    curves = _frontier.frontier_curves(cells, ["c", "absent"], ["SPLIT", "CAA"])
     assert list(curves) == ["c"] and list(curves["c"]) == ["SPLIT"]
     assert curves["c"]["SPLIT"] == [cells[0].at_budget(b)["accuracy"] for b in FRONTIER_BUDGETS]
     assert curves["c"]["SPLIT"][0] == 0.5 and curves["c"]["SPLIT"][-1] == 0.9
-    quality.plot_frontier(curves, [(tmp_path / "f.png", 40)])
+    _frontier.plot_frontier(curves, [(tmp_path / "f.png", 40)])
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and list(tmp_path.iterdir()) == [tmp_path / "f.png"]
 
 
@@ -127,13 +131,11 @@ def peer_cells(curves: dict) -> list[Evaluation]:
 
 
 def test_peers_reading_says_whether_split_beats_every_peer():
-    import peers
-
     curves = {"SPLIT": step((0.01, 0.78)), "SPLIT-lora": step((0.01, 0.8)), "repeng": step((0.01, 0.8))}
-    lines = "\n".join(peers.reading(peers.summarize(peer_cells(curves), list(curves)), 0.5))
+    lines = "\n".join(_peer_report.reading(_peer_report.summarize(peer_cells(curves), list(curves)), 0.5))
     assert "SPLIT (best form: SPLIT-lora, 0.800) does not beat every peer's" in lines  # 0.8 == 0.8
     curves["SPLIT-lora"] = step((0.01, 0.8), (0.03, 0.85))  # 0.03 <= +5%; validation chooses it
-    lines = "\n".join(peers.reading(peers.summarize(peer_cells(curves), list(curves)), 0.5))
+    lines = "\n".join(_peer_report.reading(_peer_report.summarize(peer_cells(curves), list(curves)), 0.5))
     assert ("SPLIT (best form: SPLIT-lora, 0.850) beats every peer's test accuracy within +5% perplexity "
             "(repeng, 0.800).") in lines
     assert "- Within +2% perplexity: best of ours SPLIT-lora 0.800, best peer repeng 0.800" in lines
@@ -141,21 +143,19 @@ def test_peers_reading_says_whether_split_beats_every_peer():
 
 
 def test_blown_up_perplexity_reads_as_a_factor():
-    assert quality.fmt(1311.074, 3063.441, pct=True) == "x1,312 (perplexity multiplied; seeds vary)"
-    assert quality.fmt(3.368, 3.302, pct=True) == "336.8% ± 330.2%"
-    assert quality.fmt(0.6, 0.1) == "0.600 ± 0.100"
-    assert quality.fmt(0.00316, 0.0001, sig=True) == "0.00316 ± 0.0001"
+    assert _intervals.fmt(1311.074, 3063.441, pct=True) == "x1,312 (perplexity multiplied; seeds vary)"
+    assert _intervals.fmt(3.368, 3.302, pct=True) == "336.8% ± 330.2%"
+    assert _intervals.fmt(0.6, 0.1) == "0.600 ± 0.100"
+    assert _intervals.fmt(0.00316, 0.0001, sig=True) == "0.00316 ± 0.0001"
 
 
 def test_peers_section_leads_with_the_summary_and_defines_the_methods():
     import argparse
 
-    import peers
-
     curves = {"SPLIT": step((0.01, 0.78)), "SFT": step((0.01, 0.7)), "pyreft-NoReFT": step((0.01, 0.8))}
     cells = peer_cells(curves)
     args = argparse.Namespace(concepts=["c"])
-    text, _ = peers.report(args, cells, list(curves), ["--concepts", "c"])
+    text, _ = _peer_report.report(args, cells, list(curves), ["--concepts", "c"])
     assert text.index("#### Summary") < text.index("{plot}") < text.index("#### Per concept")
     assert "| c | SPLIT 0.780 ± 0.000 | pyreft-NoReFT 0.800 ± 0.000 | -0.020 |" in text
     assert "SPLIT trails the best peer" in text and "SPLIT-lora** is the SPLIT objective" in text
@@ -202,7 +202,7 @@ def test_profile_buckets_ops_by_name_and_shape(name, shapes, part):
 
 
 def test_peft_lora_baseline_finds_the_down_projection_through_the_layout():
-    """quality.train_peft_lora used to hard-code `model.layers.{L}.mlp.down_proj` (llama only)."""
+    """train_peft_lora (benchmarks/_cells.py) used to hard-code `model.layers.{L}.mlp.down_proj` (llama only)."""
     from tiny import tiny_model, tiny_tokenizer
 
     from split_plugin import ContrastivePair, TrainConfig
@@ -212,7 +212,7 @@ def test_peft_lora_baseline_finds_the_down_projection_through_the_layout():
     pairs = [ContrastivePair(f"Q{i}?", f"yes {i}", f"no {i}") for i in range(4)]
     config = TrainConfig(layer=1, form="lora", method="sft", rank=2, epochs=1, batch_size=2, progress=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    iv = quality.train_peft_lora(model, tiny_tokenizer(), pairs, config)
+    iv = _cells.train_peft_lora(model, tiny_tokenizer(), pairs, config)
     assert iv.form == "lora" and iv.layer == 1 and hooked_modules(model) == []
     assert model.state_dict().keys() == before.keys()
 

@@ -2,9 +2,12 @@
 from pathlib import Path
 
 import pytest
+import torch
+from tiny import PAIRS, assert_intact, snapshot, tiny_tokenizer, user_model
 
 from split_plugin import SplitPluginError
 from split_plugin.config import TrainConfig
+from split_plugin.trainer import train
 
 HPARAMS = Path(__file__).resolve().parent.parent / "hparams"
 # explicit depths: rglob would not follow the hparams/smollm2-135m-instruct link into the package
@@ -71,3 +74,38 @@ def test_digest_names_the_settings_that_differ_from_the_defaults():
     assert base.digest() == Config.from_dict(base.to_dict()).digest()
     assert base.digest() != Config(layer=3, margin=0.4).digest() != Config(layer=4).digest()
     assert len(Config(layer=3).digest(8)) == 8
+
+
+# -- bad YAML through train(): one SplitPluginError, and the model is left as it was ----------------
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("text, message", [
+    ("layer: [2\n", r"not valid YAML at line 2"),
+    ("layer: 2\nlearning_rate: 0.1\n", r"unknown key\(s\) \['learning_rate'\].*valid keys are"),
+    ("layer: 2\n1: a\nfoo: b\n", r"unknown key\(s\) \[1, 'foo'\]"),          # mixed key types
+    ("layer: two\n", r"wrong type for layer='two' \(expected int\)"),
+    ("layer: !!float x\n", r"not valid YAML: ValueError"),                     # a YAML tag that cannot convert
+    ("layer: " + "[" * 3000 + "]" * 3000 + "\n", r"not valid YAML"),            # nesting past the recursion limit
+    ("epochs: 1\n", r"missing required key\(s\) \['layer'\]"),
+    ("layer: 9\n", r"layer 9 is out of range: this llama model has 4 decoder layers, so use a layer in 0..3"),
+    ("layer: 2\nform: prefix\n", r"form 'prefix' is not one of \('vector', 'lora', 'local_weight'\)"),
+    ("layer: 2\nform: lora\nrank: 0\n", r"rank must be a positive integer, got 0"),
+    ("layer: 2\nform: lora\nrank: 33\n", r"lora rank must be an integer in 1..32 .*48x32\), got 33"),
+    ("layer: 2\nform: lora\nalpha: 0\n", r"alpha must be a finite number > 0"),
+    ("layer: 2\nform: lora\nalpha: '1e400'\n", r"alpha must be a finite number > 0.*got inf"),
+    ("layer: 2\nreps_gamma: .nan\n", r"reps_gamma must be a finite number"),
+    ("layer: 2\ncheckpoint_every: -1\n", r"checkpoint_every must be >= 0, got -1"),
+    ("layer: 2\ncache_limit_mb: -5\n", r"cache_limit_mb must be >= 0, got -5"),
+    ("layer: 2\ndevice: gpu\n", r"device 'gpu' is not a device name; use cpu, cuda"),
+    ("layer: 2\ndevice: cuda\n", r"CUDA is not available on this machine; set device: cpu"),
+    ("layer: 2\nkl_weight: 1.0\nkl_text: /no/such/text.txt\n", r"kl_text '/no/such/text.txt' is not a file"),
+], ids=lambda value: value.splitlines()[0][:40] if isinstance(value, str) and "\n" in value else None)
+def test_bad_training_yaml_through_train(tmp_path, text, message):
+    if "cuda" in text and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    path = tmp_path / "h.yaml"
+    path.write_text(text, encoding="utf-8")
+    model = user_model()
+    snap = snapshot(model)
+    with pytest.raises(SplitPluginError, match=message):
+        train(model, tiny_tokenizer(), PAIRS, path)
+    assert_intact(model, snap)

@@ -484,3 +484,12 @@ def test_heldout_halves_do_not_overlap():
     assert len(evaluation.split()) + len(fit.split()) == len(everything.split())
     with pytest.raises(SplitPluginError, match="part must be one of"):
         load_heldout_text("train")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_lone_surrogate_in_a_data_file_names_the_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"question": "q", "positive": "a", "negative": "b"}\n'
+                    '{"question": "q\\ud83d", "positive": "a", "negative": "b"}\n', encoding="utf-8")
+    with pytest.raises(SplitPluginError, match="line 2: ContrastivePair.question .* lone surrogate"):
+        load_pairs(path)

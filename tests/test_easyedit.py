@@ -25,7 +25,7 @@ from torch import nn
 
 from split_plugin.errors import SplitPluginError
 from split_plugin.safety import hooked_modules
-from tiny import tiny_model, tiny_tokenizer
+from tiny import assert_intact, snapshot, tiny_model, tiny_tokenizer, user_model
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.easyedit
@@ -580,3 +580,31 @@ def test_embedded_model_through_base_editor(host, editor_for):
     assert metrics[0]["post"]["pref_log_odds"] > metrics[0]["pre"]["pref_log_odds"]
     with torch.no_grad():
         assert torch.equal(editor.model(input_ids=ids).logits, before)
+
+
+@pytest.mark.easyedit
+@pytest.mark.usefixtures("one_thread")
+def test_easyedit_bad_hparams_and_requests_leave_the_model_intact(tmp_path):
+    model, tok = user_model(), tiny_tokenizer()
+    snap = snapshot(model)
+    path = tmp_path / "split.yaml"
+    for text, message in [("alg_name: SPLIT\nlayer: [1\n", "not valid YAML at line"),
+                          ("alg_name: SPLIT\nmodel_name: x\nlayer: 1\nlearning_rate: 1\n", "unknown key"),
+                          ("alg_name: SPLIT\nmodel_name: x\nlayer: one\n", "wrong type for layer='one'")]:
+        path.write_text(text)
+        with pytest.raises(SplitPluginError, match=message):
+            se.SPLITHyperParams.from_hparams(path)
+    hparams = se.SPLITHyperParams.from_dict(
+        {"alg_name": "SPLIT", "model_name": se.preloaded(model, tok), "layer": 2, "epochs": 1,
+         "factors": [1.0], "multiplier": 1.0})
+    good = {"prompt": "Do you like tea?", "target_new": "Yes", "ground_truth": "No"}
+    for requests, message in [([], "got no requests"),
+                              ([{"prompt": "q"}], "needs a non-empty 'prompt' and 'target_new'"),
+                              (["q"], "must be a dict"),
+                              ([{**good, "ground_truth": "Yes"}], "identical")]:
+        with pytest.raises(SplitPluginError, match=message):
+            se.apply_split_to_model(model, tok, requests, hparams)
+    bad_layer = __import__("dataclasses").replace(hparams, layer=7)
+    with pytest.raises(SplitPluginError, match="layer 7 is out of range: this llama model has 4"):
+        se.apply_split_to_model(model, tok, [good], bad_layer)
+    assert_intact(model, snap)

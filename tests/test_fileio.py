@@ -3,9 +3,9 @@ import os
 import stat
 
 import pytest
-from tiny import tiny_model
+from tiny import names, randomized, tiny_model
 
-from split_plugin import Intervention
+from split_plugin import Intervention, SplitPluginError, export_peft
 from split_plugin.fileio import atomic_dir, atomic_write_text
 
 
@@ -37,3 +37,24 @@ def test_saved_intervention_is_readable_by_colleagues(tmp_path, umask):
     Intervention.for_model(tiny_model("llama"), "vector", 1).save_pretrained(tmp_path / "iv")
     assert _mode(tmp_path / "iv") == 0o755
     assert {_mode(p) for p in (tmp_path / "iv").iterdir()} == {0o644}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_saves_never_replace_a_users_file_or_folder(tmp_path):
+    model = tiny_model("llama")
+    iv = randomized(model, "lora")
+    user_file = tmp_path / "results.txt"
+    user_file.write_text("precious")
+    user_dir = tmp_path / "project"
+    user_dir.mkdir()
+    (user_dir / "config.json").write_text("{}")      # even one that shares a file name with a save
+    (user_dir / "train.py").write_text("precious")
+    for save in (lambda p: iv.save_pretrained(p), lambda p: export_peft(iv, model, p)):
+        with pytest.raises(SplitPluginError, match="is an existing file, not a folder; nothing was written"):
+            save(user_file)
+        with pytest.raises(SplitPluginError, match=r"holds files that are not a previous .*'train.py'\]"):
+            save(user_dir)
+    assert user_file.read_text() == "precious" and (user_dir / "train.py").read_text() == "precious"
+    assert names(tmp_path) == ["project", "results.txt"]
+    export_peft(iv, model, tmp_path / "adapter")
+    export_peft(iv, model, tmp_path / "adapter")  # its own previous export is replaced

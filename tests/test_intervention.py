@@ -180,3 +180,16 @@ def test_intervention_from_another_shape_is_refused():
     iv = make(tiny_model("llama"), "local_weight")
     with pytest.raises(SplitPluginError, match="intermediate size 48.*has hidden size 32 and intermediate size 128"):
         iv.steer(tiny_model("gpt2"))
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(form="lora", layer=1, rank=2, alpha=0.0), "lora alpha must be a finite number > 0"),
+    (dict(form="lora", layer=1, rank=2, alpha="big"), "lora alpha must be a finite number > 0"),
+    (dict(form="vector", layer=1, dropout="x"), r"dropout must be a number in \[0, 1\), got 'x'"),
+    (dict(form="lora", layer=1, rank=True), "lora rank must be an integer in 1..32"),
+    (dict(form="local_weight", layer=True), "layer True is out of range"),
+])
+def test_bad_construction_through_for_model(kwargs, message):
+    with pytest.raises(SplitPluginError, match=message):
+        Intervention.for_model(tiny_model("llama"), **kwargs)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from split_plugin import ContrastivePair, Intervention, sweep
+from split_plugin.analysis.protocol import BUDGETS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,8 +23,11 @@ def _load_peers():
     return module
 
 
-peers = _load_peers()
-INSTALLED = peers.installed_peers()
+peers = _load_peers()  # puts benchmarks/ on sys.path, so its helper modules import
+import _peer_methods as methods  # noqa: E402
+import _peer_report  # noqa: E402
+
+INSTALLED = methods.installed_peers()
 LAYER = 2
 TEXT = "The cat sat on the mat. It was a warm day, and the garden was quiet. " * 3
 GRID = (0.1, 0.5)
@@ -41,7 +46,7 @@ def test_scoring_path_matches_sweep_for_a_vector(llama, tok):
     pairs, ms = _pairs(5), [0.0, 0.5, 2.0]
     ours = sweep(llama, tok, intervention, pairs, ms, heldout_text=TEXT, bootstrap=0, progress=False,
                  batch_size=2)
-    mine = peers.score_forward(peers.vector_forward(llama, intervention), tok, pairs, ms, TEXT, batch_size=2)
+    mine = methods.score_forward(methods.vector_forward(llama, intervention), tok, pairs, ms, TEXT, batch_size=2)
     for a, b in zip(ours.summary(), mine.summary()):
         for key in ("multiplier", "accuracy", "pref_mean", "util_mean", "perplexity", "ppl_increase"):
             assert math.isclose(a[key], b[key], rel_tol=1e-4, abs_tol=1e-4), (key, a[key], b[key])
@@ -54,14 +59,14 @@ def _hooks(model) -> list:
             if "output_capturing_hook" not in getattr(h, "__qualname__", "")]
 
 
-@pytest.mark.skipif(not INSTALLED, reason=f"no peer library installed; install them with: {peers.INSTALL}")
-@pytest.mark.parametrize("method", peers.PEERS)
+@pytest.mark.skipif(not INSTALLED, reason=f"no peer library installed; install them with: {methods.INSTALL}")
+@pytest.mark.parametrize("method", methods.PEERS)
 def test_one_cell_per_installed_peer(llama, tok, method):
     if method not in INSTALLED:
-        pytest.skip(f"{peers.LIBRARY[method]} is not installed; install the peers with: {peers.INSTALL}")
+        pytest.skip(f"{methods.LIBRARY[method]} is not installed; install the peers with: {methods.INSTALL}")
     flags = [p.requires_grad for p in llama.parameters()]
-    reft = peers.SimpleNamespace(rank=2, epochs=1, lr=1e-2, batch_size=2)
-    cell = peers.run_peer_cell(llama, tok, method, _pairs(4), _pairs(3), {"test": _pairs(2)}, TEXT, seed=0,
+    reft = SimpleNamespace(rank=2, epochs=1, lr=1e-2, batch_size=2)
+    cell = methods.run_peer_cell(llama, tok, method, _pairs(4), _pairs(3), {"test": _pairs(2)}, TEXT, seed=0,
                                layer=LAYER, grid=GRID, reft=reft)
     val = cell.validation.summary()
     assert [r["multiplier"] for r in val] == [p.multiplier for p in cell.points]
@@ -75,5 +80,5 @@ def test_one_cell_per_installed_peer(llama, tok, method):
     # the model is left as it was: no hooks, same requires_grad flags
     assert [p.requires_grad for p in llama.parameters()] == flags
     assert not _hooks(llama)
-    stats = peers.summarize([cell], [method])
-    assert set(stats[method]["at_budget"]) == set(peers.BUDGETS)
+    stats = _peer_report.summarize([cell], [method])
+    assert set(stats[method]["at_budget"]) == set(BUDGETS)

@@ -1,14 +1,18 @@
 """Saving, loading, peft export/import and the reference files."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
 from test_intervention import LAYER, ids, logits, make
-from tiny import tiny_model
+from tiny import names, randomized, tiny_model
 
 from split_plugin import (FORMS, Intervention, SplitPluginError, export_peft, import_peft,
                           import_reference)
+from split_plugin import fileio
+from split_plugin import serialization as ser
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -104,3 +108,77 @@ def test_reference_files_import(tmp_path):
     torch.save(torch.randn(31), tmp_path / "layer_2.pt")
     with pytest.raises(SplitPluginError, match="shape"):
         import_reference(tmp_path / "layer_2.pt", model)
+
+
+# -- damaged configs and interrupted saves --------------------------------------------------------
+@pytest.mark.usefixtures("one_thread")
+def test_corrupted_intervention_config_values_are_refused(tmp_path):
+    randomized(tiny_model("llama"), "lora").save_pretrained(tmp_path / "iv")
+    path = tmp_path / "iv" / "config.json"
+    good = json.loads(path.read_text())
+    for key, value, message in [("form", "prefix", "form 'prefix' is not one of"),
+                                ("hidden_size", "32", "hidden_size must be a positive integer, got '32'"),
+                                ("intermediate_size", -1, "intermediate_size must be a positive integer"),
+                                ("rank", 0, "lora rank must be an integer in 1..32"),
+                                ("dropout", None, "dropout must be a number"),
+                                ("model_type", 7, "model_type must be a string or None, got 7"),
+                                ("tensors", "garbled", None)]:
+        path.write_text(json.dumps({**good, key: value}))
+        if message is None:
+            Intervention.from_pretrained(tmp_path / "iv")  # a garbled shape record is only a hint
+            continue
+        with pytest.raises(SplitPluginError, match=message):
+            Intervention.from_pretrained(tmp_path / "iv")
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("where", ["weights", "checksum", "second rename"])
+def test_intervention_save_killed_half_way(tmp_path, monkeypatch, where):
+    model = tiny_model("llama")
+    first, second = randomized(model, "lora", seed=1), randomized(model, "lora", seed=2)
+    first.save_pretrained(tmp_path / "iv")
+    files_before = {p.name: p.read_bytes() for p in (tmp_path / "iv").iterdir()}
+
+    real_replace = os.replace
+
+    def half_written(tensors, filename, *a, **k):
+        Path(filename).write_bytes(b"\x00" * 10)  # a partial file, then the process "dies"
+        raise KeyboardInterrupt
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    def replace(src, dst):
+        if str(src).endswith(".tmp"):
+            raise OSError("no space left on device")
+        return real_replace(src, dst)
+
+    if where == "weights":
+        monkeypatch.setattr(ser, "save_file", half_written)
+    elif where == "checksum":
+        monkeypatch.setattr(ser, "_sha256", killed)     # weights written, config not yet
+    else:
+        monkeypatch.setattr(fileio.os, "replace", replace)  # old folder moved aside, new one fails
+    with pytest.raises((KeyboardInterrupt, OSError)):
+        second.save_pretrained(tmp_path / "iv")
+    monkeypatch.undo()
+    assert names(tmp_path) == ["iv"]  # no temp or .old folder left
+    assert {p.name: p.read_bytes() for p in (tmp_path / "iv").iterdir()} == files_before
+    back = Intervention.from_pretrained(tmp_path / "iv")
+    assert all(torch.equal(a, b) for a, b in zip(back.parameters(), first.parameters()))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_hard_kill_leaves_only_a_hidden_temp_folder_that_is_never_loaded(tmp_path, monkeypatch):
+    model = tiny_model("llama")
+    monkeypatch.setattr(fileio.shutil, "rmtree", lambda *a, **k: None)  # no cleanup: like SIGKILL
+    monkeypatch.setattr(ser, "_sha256", lambda path: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        randomized(model, "vector").save_pretrained(tmp_path / "iv")
+    monkeypatch.undo()
+    leftover = names(tmp_path)
+    assert len(leftover) == 1 and leftover[0].startswith(".iv.") and leftover[0].endswith(".tmp")
+    with pytest.raises(SplitPluginError, match="is not a saved intervention"):
+        Intervention.from_pretrained(tmp_path / "iv")
+    with pytest.raises(SplitPluginError, match="is not a saved intervention"):
+        Intervention.from_pretrained(tmp_path / leftover[0])  # weights without config.json

@@ -1,7 +1,7 @@
 """Applying interventions: the per-model registry, stacking, refusals, and nn.Module.apply."""
 import pytest
 import torch
-from tiny import tiny_model
+from tiny import FOREIGN, assert_intact, randomized, snapshot, tiny_model, user_model
 from torch import nn
 
 from split_plugin import Intervention, SplitPluginError
@@ -112,3 +112,76 @@ def test_steering_does_not_copy_the_intervention_every_forward():
         moved = iv.vector
         logits(model, ids().to("meta"))
     assert iv.vector.device.type == "meta" and iv.vector is moved and iv.vector.dtype == torch.float32
+
+
+# -- refusals before any hook: bad multipliers, another model, a fold that dies half-way -----------
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "2", None, [1.0], torch.tensor([True])])
+def test_bad_multiplier_is_refused_before_any_hook(bad):
+    model = user_model()
+    snap = snapshot(model)
+    iv = randomized(model, "local_weight")
+    with pytest.raises(SplitPluginError, match="multiplier must be a finite number"):
+        iv.steer(model, bad)
+    with pytest.raises(SplitPluginError, match="fold takes one finite number as the multiplier"):
+        iv.fold(model, bad)
+    with pytest.raises(SplitPluginError, match="fold takes one finite number"):
+        iv.fold(model, torch.ones(3))
+    assert_intact(model, snap)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("source, target, form, message", FOREIGN)
+def test_intervention_for_another_model_apply_and_fold(source, target, form, message):
+    iv = randomized(tiny_model(source), form)
+    model = user_model(target)
+    snap = snapshot(model)
+    with pytest.raises(SplitPluginError, match=message):
+        iv.steer(model, 1.0)
+    with pytest.raises(SplitPluginError, match=message):
+        iv.fold(model, 1.0)
+    assert_intact(model, snap)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_intervention_for_another_layer_count():
+    iv = randomized(tiny_model("llama"), "vector", layer=3)
+    model = user_model()
+    del model.model.layers[3]
+    snap = snapshot(model)
+    for call in (lambda: iv.steer(model), lambda: iv.fold(model)):
+        with pytest.raises(SplitPluginError, match="layer 3 is out of range: this llama model has 3 decoder"):
+            call()
+    assert_intact(model, snap)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_type_check_can_be_overridden_when_the_weights_are_the_same():
+    iv = randomized(tiny_model("llama"), "vector")
+    model = tiny_model("gpt_neox")
+    iv.config.model_type = "gpt_neox"
+    with iv.steer(model, 1.0):
+        pass
+    assert hooked_modules(model) == []
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_fold_failing_half_way_restores_the_layer(monkeypatch, arch):
+    model = user_model(arch)
+    snap = snapshot(model)
+    iv = randomized(model, "local_weight")
+
+    def dies(self):
+        raise KeyboardInterrupt  # after the weight was written, before the bias
+
+    monkeypatch.setattr(Intervention, "delta_bias_vector", dies)
+    with pytest.raises(KeyboardInterrupt):
+        iv.fold(model, 1.5)
+    monkeypatch.undo()
+    assert_intact(model, snap)
+    with pytest.raises(SplitPluginError, match="not folded"):
+        iv.unfold(model)
+    iv.fold(model, 1.5)  # and a later fold works and undoes exactly
+    iv.unfold(model)
+    assert_intact(model, snap)

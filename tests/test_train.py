@@ -3,14 +3,17 @@ import math
 
 import pytest
 import torch
-from tiny import tiny_model, tiny_tokenizer
+from tiny import (LAYER, assert_intact, boom, names, param_copies, replaced_output, short_run, snapshot,
+                  tiny_model, tiny_tokenizer, user_model)
 
-from split_plugin import SplitPluginError
+from split_plugin import FORMS, SplitPluginError, regularizers
+from split_plugin import trainer as train_module
+from split_plugin.checkpoints import CHECKPOINT_NAME
 from split_plugin.config import TrainConfig
 from split_plugin.data import ContrastivePair, encode_pairs
 from split_plugin.layers import resolve_layout
 from split_plugin.objectives import AnswerTokens, off_subspace_share, sequence_logprobs
-from split_plugin.regularizers import ManifoldPenalty
+from split_plugin.regularizers import KLPenalty, ManifoldPenalty
 from split_plugin.safety import hooked_modules
 from split_plugin.trainer import _Trainer, train
 
@@ -285,11 +288,215 @@ def test_train_takes_an_explicit_layout():
 
 
 def test_a_model_where_packing_changes_log_probs_trains_unpacked(monkeypatch):
-    import split_plugin.trainer as train_module
-
     model, tok = tiny_model("llama"), tiny_tokenizer()
     monkeypatch.setattr(train_module, "packing_agrees", lambda *args: False)
     trainer = _Trainer(model, tok, PAIRS, TrainConfig(**cfg()), resolve_layout(model))
     assert trainer.scoring_batch(0).packed
     trainer.check_packing()
     assert not trainer.packed and not trainer.scoring_batch(0).packed
+
+
+# =================================================================================================
+# failure paths (moved from test_reliability.py): one clear error on bad input, the model left as the
+# user had it, an interrupt resumes bit for bit, non-finite losses and gradients stop training
+# =================================================================================================
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("config, message", [
+    (None, "config must be a TrainConfig, a mapping of settings or a YAML path, got NoneType"),
+    (3, "got int"),
+    ([("layer", 2)], "got list"),
+])
+def test_config_of_the_wrong_kind(config, message):
+    with pytest.raises(SplitPluginError, match=message):
+        train(tiny_model("llama"), tiny_tokenizer(), PAIRS, config)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("model, tok, pairs, message", [
+    ("llama", None, PAIRS, "expected a Hugging Face tokenizer, got NoneType"),
+    ("llama", "model", PAIRS, "expected a Hugging Face tokenizer, got LlamaForCausalLM"),
+    (None, "tok", PAIRS, r"expected a loaded torch model \(nn.Module\), got NoneType"),
+    ("a-model-name", "tok", PAIRS, r"expected a loaded torch model \(nn.Module\), got str"),
+    ("linear", "tok", PAIRS, "cannot find the decoder layers of this model"),
+    ("llama", "tok", None, "training data must be a list of ContrastivePair objects, got NoneType"),
+    ("llama", "tok", {"question": "q"}, "got dict"),
+    ("llama", "tok", [], "the training set is empty"),
+    ("llama", "tok", [("q", "a", "b")], "must be ContrastivePair objects, got tuple"),
+])
+def test_bad_model_tokenizer_or_pairs_through_train(model, tok, pairs, message):
+    real = tiny_model("llama")
+    model = {"llama": real, "linear": torch.nn.Linear(3, 3)}.get(model, model)
+    tok = {"tok": tiny_tokenizer(), "model": real}.get(tok, tok)
+    with pytest.raises(SplitPluginError, match=message):
+        train(model, tok, pairs, short_run())
+    assert hooked_modules(real) == []
+
+
+def _interrupt(monkeypatch, where: str) -> None:
+    """Raise KeyboardInterrupt at one point of the second optimizer step (or of the KL set-up)."""
+    calls = {"step_loss": 0, "kl": 0}
+    step_loss, kl_loss, capture = _Trainer.step_loss, KLPenalty.__call__, train_module.capture_prefix
+
+    def counting_step_loss(self, key, gen):
+        calls["step_loss"] += 1
+        return step_loss(self, key, gen)
+
+    def interrupting_kl(self, intervention, step, s, autocast):
+        calls["kl"] += 1
+        if where == "backward" and calls["kl"] == 4:  # step 2, after its first key's backward
+            raise KeyboardInterrupt
+        return kl_loss(self, intervention, step, s, autocast)
+
+    def interrupting_capture(layout, layer, *args, **kwargs):
+        in_kl_setup = calls["kl"] > 0 and calls["step_loss"] == 1
+        if not ((where == "prefix" and calls["step_loss"] >= 3) or (where == "kl_setup" and in_kl_setup)):
+            return capture(layout, layer, *args, **kwargs)
+
+        def ctrl_c(module, args):
+            raise KeyboardInterrupt  # inside the capture, while layers L.. are swapped for recorders
+
+        hook = layout.layers[layer - 1].register_forward_pre_hook(ctrl_c)
+        try:
+            return capture(layout, layer, *args, **kwargs)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(_Trainer, "step_loss", counting_step_loss)
+    monkeypatch.setattr(KLPenalty, "__call__", interrupting_kl)
+    monkeypatch.setattr(train_module, "capture_prefix", interrupting_capture)
+    monkeypatch.setattr(regularizers, "capture_prefix", interrupting_capture)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("where, saved_step", [("prefix", 1), ("kl_setup", 0), ("backward", 1)])
+def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch, form, where, saved_step):
+    tok = tiny_tokenizer()
+    model = user_model("qwen2")
+    text = tmp_path / "generic.txt"
+    text.write_text("The river ran past the mill and under the old stone bridge. " * 4)
+    settings = short_run(form=form, epochs=2, batch_size=2, grad_accum=2, dropout=0.1, kl_weight=0.5,
+                         kl_text=str(text), max_length=64, checkpoint_dir=str(tmp_path / "ckpt"),
+                         checkpoint_every=1)
+    straight = param_copies(train(model, tok, PAIRS, {**settings, "checkpoint_dir": None}))
+    snap = snapshot(model)
+
+    _interrupt(monkeypatch, where)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, tok, PAIRS, settings)
+    monkeypatch.undo()
+    assert_intact(model, snap)
+    assert names(tmp_path / "ckpt") == [CHECKPOINT_NAME]
+    assert torch.load(tmp_path / "ckpt" / CHECKPOINT_NAME, weights_only=True)["step"] == saved_step
+
+    resumed = param_copies(train(model, tok, PAIRS, settings, resume=tmp_path / "ckpt"))
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight), form
+    assert_intact(model, snap)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_checkpoint_dir_that_is_a_file_fails_before_training(tmp_path):
+    blocker = tmp_path / "ckpt"
+    blocker.write_text("mine")
+    history = []
+    with pytest.raises(SplitPluginError, match="checkpoint_dir .* is an existing file; give a folder"):
+        train(tiny_model("llama"), tiny_tokenizer(), PAIRS, short_run(checkpoint_dir=str(blocker)),
+              history=history)
+    assert history == [] and blocker.read_text() == "mine"
+
+
+def _nan(output):
+    return (output[0] * math.nan,) + tuple(output[1:]) if isinstance(output, tuple) else output * math.nan
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("method", ["split", "reps", "caa"])
+@pytest.mark.parametrize("at, prefix_cache", [(LAYER + 1, True), (LAYER + 1, False), (LAYER - 1, True)])
+def test_exception_in_the_forward_leaves_the_model_intact(method, at, prefix_cache):
+    model = user_model()
+    snap = snapshot(model)
+    with replaced_output(model, at, boom):
+        if method == "caa" and at > LAYER:  # CAA stops at layer L: nothing above it runs
+            train(model, tiny_tokenizer(), PAIRS, short_run(method=method, prefix_cache=prefix_cache))
+        else:
+            with pytest.raises(RuntimeError, match="boom in the forward"):
+                form = "lora" if method != "caa" else "vector"
+                train(model, tiny_tokenizer(), PAIRS, short_run(method=method, form=form, prefix_cache=prefix_cache))
+    assert_intact(model, snap)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_nan_in_the_forward_stops_training_and_leaves_the_model_intact(tmp_path):
+    model = user_model()
+    snap = snapshot(model)
+    with (replaced_output(model, LAYER + 1, _nan),
+          pytest.raises(SplitPluginError, match=r"loss became non-finite at step 1 \(last finite loss None\)")):
+        train(model, tiny_tokenizer(), PAIRS, short_run(form="local_weight"))
+    assert_intact(model, snap)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_bad_pair_in_the_last_batch_fails_before_any_step(tmp_path):
+    model = user_model()
+    snap = snapshot(model)
+    long = ContrastivePair("a short question?", "an answer far too long " * 4, "No")
+    history = []
+    with pytest.raises(SplitPluginError, match=r"leaves no room for the prompt within max_length=32"):
+        train(model, tiny_tokenizer(), PAIRS + [long],
+              short_run(max_length=32, checkpoint_dir=str(tmp_path / "c")), history=history)
+    assert history == [] and not (tmp_path / "c").exists()
+    assert_intact(model, snap)
+
+
+class _InfGrad(torch.autograd.Function):
+    """Identity forward (a finite loss), infinite gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * math.inf
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_infinite_gradients_stop_training_with_step_and_last_loss(tmp_path, monkeypatch):
+    model = user_model()
+    snap = snapshot(model)
+    original = _Trainer.step_loss
+    calls = {"n": 0}
+
+    def poisoned(self, key, gen):
+        calls["n"] += 1
+        loss, margin = original(self, key, gen)
+        return (_InfGrad.apply(loss) if calls["n"] == 3 else loss), margin
+
+    monkeypatch.setattr(_Trainer, "step_loss", poisoned)
+    with pytest.raises(SplitPluginError, match=r"the gradient norm became non-finite at step 3 \(last "
+                                               r"finite loss \d+\.\d+\); lower lr .*checkpoint is in"):
+        train(model, tiny_tokenizer(), PAIRS,
+              short_run(form="lora", checkpoint_dir=str(tmp_path), checkpoint_every=1))
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["intervention"].values())
+    assert_intact(model, snap)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("method, form", [(m, f) for m in ("split", "sft", "reps") for f in FORMS]
+                         + [("caa", "vector")])
+def test_same_seed_gives_identical_interventions(method, form):
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    settings = short_run(method=method, form=form, epochs=2, dropout=0.0 if method == "caa" else 0.2)
+    rng = torch.get_rng_state()
+    a = param_copies(train(model, tok, PAIRS, settings))
+    assert torch.equal(torch.get_rng_state(), rng)  # training does not consume the caller's RNG
+    torch.manual_seed(1234)  # nor depend on it
+    b = param_copies(train(model, tok, PAIRS, settings))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if method != "caa":
+        c = param_copies(train(model, tok, PAIRS, {**settings, "seed": 4}))
+        assert any(not torch.equal(a[k], c[k]) for k in a)  # the seed matters

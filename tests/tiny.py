@@ -1,7 +1,11 @@
-"""Tiny random models and a character tokenizer, built offline, for fast unit tests."""
+"""Tiny random models and a character tokenizer, built offline, for fast unit tests; and what the
+failure-path tests share: a toy training set, random interventions, and a check that a failure left
+the user's model exactly as it was."""
 from __future__ import annotations
 
+import contextlib
 import string
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -19,6 +23,10 @@ from transformers import (
     Qwen2Config,
     Qwen3Config,
 )
+
+from split_plugin import Intervention, resolve_layout
+from split_plugin.pairs import ContrastivePair
+from split_plugin.safety import hooked_modules
 
 SPECIALS = ["<pad>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = (
@@ -79,3 +87,100 @@ def tiny_tokenizer(padding_side: str = "right", pad_is_eos: bool = False) -> Pre
     fast.padding_side = padding_side
     fast.chat_template = CHATML
     return fast
+
+
+# -- shared by the failure-path tests ---------------------------------------------------------------
+LAYER = 2
+PAIRS = [ContrastivePair(f"question number {i}?", "Yes" if i % 2 else "No", "No" if i % 2 else "Yes")
+         for i in range(7)]
+_PROBE = torch.randint(4, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+
+# an intervention onto a model of another shape or type:
+# (trained on, applied to, form, the message that refuses it)
+FOREIGN = [
+    ("llama", "gpt2", "local_weight",
+     r"intermediate size 48 .*has hidden size 32 and intermediate size 128; load it onto the model"),
+    ("llama", "gpt2", "lora", r"intermediate size 48 .*has hidden size 32 and intermediate size 128"),
+    ("llama", "gpt_neox", "vector", r"trained on a llama model, but this model is a gpt_neox"),
+    ("qwen2", "llama", "local_weight", r"trained on a qwen2 model, but this model is a llama"),
+]
+
+
+def short_run(**kw) -> dict:
+    """Settings for a one-epoch run of four steps on PAIRS at LAYER; keywords override them."""
+    base = dict(layer=LAYER, epochs=1, batch_size=2, lr=0.05, factors=[1.0, 2.0], progress=False, seed=3)
+    return {**base, **kw}
+
+
+def randomized(model, form: str, layer: int = LAYER, seed: int = 1, rank: int = 3) -> Intervention:
+    """An intervention for `model` with random (non-zero) parameters, so that it changes the output."""
+    iv = Intervention.for_model(model, form, layer, rank=rank if form == "lora" else None)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in iv.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return iv
+
+
+def param_copies(iv: Intervention) -> dict[str, torch.Tensor]:
+    """A copy of the intervention's parameters, by name."""
+    return {k: v.detach().clone() for k, v in iv.named_parameters()}
+
+
+def names(folder: Path) -> list[str]:
+    """The sorted names in a folder: what a failed write left there."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+def user_model(arch: str = "llama"):
+    """A model in a state a trainer must not disturb: train mode, one frozen weight."""
+    model = tiny_model(arch)
+    model.train()
+    next(iter(resolve_layout(model).down_proj(0).parameters())).requires_grad_(False)
+    return model
+
+
+def snapshot(model) -> dict:
+    """Everything a failure must not change: hooks, layer objects, flags, modes, weights, logits."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(_PROBE).logits.clone()
+    model.train(was_training)
+    return {"layers": list(resolve_layout(model).layers),
+            "flags": [p.requires_grad for p in model.parameters()],
+            "modes": [m.training for m in model.modules()],
+            "state": {k: v.clone() for k, v in model.state_dict().items()},
+            "logits": logits}
+
+
+def assert_intact(model, snap: dict) -> None:
+    """The model is as `snapshot` saw it: no hook or recorder left, same layers, flags, modes, weights, logits."""
+    assert hooked_modules(model) == []
+    assert not any(type(m).__name__ == "_Recorder" for m in model.modules())
+    assert all(a is b for a, b in zip(resolve_layout(model).layers, snap["layers"]))
+    assert [p.requires_grad for p in model.parameters()] == snap["flags"]
+    assert [m.training for m in model.modules()] == snap["modes"]
+    state = model.state_dict()
+    assert state.keys() == snap["state"].keys()
+    assert all(torch.equal(state[k], v) for k, v in snap["state"].items())
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(_PROBE).logits, snap["logits"])
+    model.train(was_training)
+
+
+@contextlib.contextmanager
+def replaced_output(model, layer: int, make):
+    """While open, a user's hook replaces the output of decoder layer `layer` by `make(output)`."""
+    handle = resolve_layout(model).layers[layer].register_forward_hook(lambda module, args, out: make(out))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def boom(output):
+    """A `replaced_output` maker: the forward fails."""
+    raise RuntimeError("boom in the forward")

@@ -20,33 +20,4 @@ _LAZY = {  # public name -> the submodule defining it (loaded on first use: scip
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
-__all__ = [
-    "CurveFit",
-    "Evaluation",
-    "FitResult",
-    "ManifoldReport",
-    "Point",
-    "ReferenceCloud",
-    "SweepResult",
-    "best_within",
-    "concept_direction",
-    "correlate",
-    "correlate_reports",
-    "decay",
-    "detect_phases",
-    "evaluate",
-    "fit_curve",
-    "fit_curves",
-    "manifold_report",
-    "plot_accuracy_perplexity",
-    "plot_frontier",
-    "plot_log_odds",
-    "plot_off_manifold",
-    "plot_protocol",
-    "plot_sweep",
-    "summarize",
-    "sweep",
-    "utility_drop",
-    "verdict",
-    "write_report",
-]
+__all__ = sorted(_LAZY)
