@@ -1,7 +1,9 @@
 """Training throughput of our trainer, measured side by side with slower ways to do the same steps.
 
 Runs the same SPLIT training steps on the embedded model and prints pairs/s and ratios:
-  ours              prefix cache + LM head on answer tokens only + positive and negative rows in one forward
+  ours              prefix cache + LM head on answer tokens only + both answers of a pair packed in one
+                    row (the prompt runs once per sign) + all rows of a step in one forward
+  unpacked          the same with one row per answer (pack_pairs: false)
   no-cache          full forward every step, full LM head (the plain computation), one joint forward
   separate-forwards full forward, full LM head, separate forwards for positive and negative rows
 
@@ -34,6 +36,7 @@ from split_plugin.gguf_cache import converted_dir, default_gguf_path
 
 VARIANTS = {
     "ours": {},
+    "unpacked": dict(pack_pairs=False),
     "no-cache": dict(prefix_cache=False, answer_only_head=False),
     "separate-forwards": dict(prefix_cache=False, answer_only_head=False, joint_forward=False),
 }
@@ -79,10 +82,10 @@ def measure(args: argparse.Namespace, model, tokenizer) -> None:
         seconds = time.perf_counter() - start
         rates[name] = args.pairs * args.epochs / seconds
         finals[name] = torch.cat([p.flatten() for p in intervention.parameters()])
-        print(f"{name:10s} {seconds:7.1f} s  {rates[name]:6.2f} pairs/s")
+        print(f"{name:17s} {seconds:7.1f} s  {rates[name]:6.2f} pairs/s")
     drift = max(float((finals[n] - finals["ours"]).abs().max()) for n in finals)
     print(f"max parameter difference between variants: {drift:.2e} (same training, different speed)")
-    for name in ("no-cache", "separate-forwards"):
+    for name in ("unpacked", "no-cache", "separate-forwards"):
         print(f"ours / {name}: {rates['ours'] / rates[name]:.2f}x")
 
 
