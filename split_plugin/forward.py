@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .layers import ModelLayout
+from .shared_prefix import SharedKeys, suffix_calls
 
 
 class StopForward(Exception):
@@ -148,13 +149,14 @@ def stacked_index(batch: int, repeat: int) -> torch.Tensor:
 
 def run_suffix(layout: ModelLayout, prefix: Prefix, index: torch.Tensor | None = None,
                rows: torch.Tensor | None = None, positions: torch.Tensor | None = None,
-               repeat: int = 1) -> torch.Tensor:
+               repeat: int = 1, shared: tuple[int, SharedKeys] | None = None) -> torch.Tensor:
     """Logits from layers L..N-1 on the cached prefix (hooks on those layers take effect).
 
     `index` picks (and may repeat) prefix rows, e.g. `stacked_index(B, k)` so per-row
     multipliers of shape [k * B] run k strengths in one pass (`repeat=k` is shorthand). With `rows` and `positions`
     (1-D, same length, indexing the selected batch) the final norm and the LM head run only
-    there and the result is [n, vocab]; otherwise [batch, T, vocab].
+    there and the result is [n, vocab]; otherwise [batch, T, vocab]. `shared` = (n, keys): the
+    first n tokens already ran (shared_prefix.record), so only positions n.. run here.
     """
     hidden, args_of = prefix.hidden, prefix.layer_args
     if index is None and repeat > 1:
@@ -163,11 +165,18 @@ def run_suffix(layout: ModelLayout, prefix: Prefix, index: torch.Tensor | None =
         batch = prefix.batch_size
         hidden = hidden[index.to(hidden.device)]
         args_of = [_select_rows(call, batch, index) for call in args_of]
+    start = 0
+    if shared is not None:
+        start, keys = shared
+        args_of = suffix_calls(args_of, start, hidden.shape[1], keys)
+        hidden = hidden[:, start:]
     for offset, (args, kwargs) in enumerate(args_of):
         out = layout.layers[prefix.layer + offset](hidden, *args, **kwargs)
         hidden = out[0] if isinstance(out, tuple) else out
     if rows is not None:
-        hidden = hidden[rows, positions]
+        hidden = hidden[rows, positions - start]
+    elif start:
+        raise ValueError("a shared prefix needs rows and positions: the logits before it are not computed")
     return layout.finish(hidden)
 
 

@@ -16,7 +16,9 @@ from torch import nn
 
 from .forward import Prefix, run_suffix
 from .layers import ModelLayout
+from . import shared_prefix
 from .objectives import AnswerTokens, sequence_logprobs
+from .shared_prefix import SharedKeys, common_length
 from .steering import Multiplier
 
 
@@ -80,12 +82,13 @@ class ScoringBatch:
 def answer_logprobs(model: nn.Module, batch: ScoringBatch, *, intervention: nn.Module | None = None,
                     multiplier: Multiplier = 0.0, index: torch.Tensor | None = None,
                     layout: ModelLayout | None = None, prefix: Prefix | None = None,
-                    answer_only_head: bool = True) -> torch.Tensor:
+                    answer_only_head: bool = True, share_prefix: bool = False) -> torch.Tensor:
     """Answer log-prob sums per output row, of batch rows `index` (all rows when None).
 
     `intervention` steers at `multiplier` (a float, or one value per selected row); without
     one the model is scored as it is (hooks included). With `prefix` (the cached inputs of
-    the intervention's layer, `layout` required) only the layers from there up run.
+    the intervention's layer, `layout` required) only the layers from there up run, and with
+    `share_prefix` the leading tokens all rows share run once per distinct multiplier.
     """
     if index is None:
         rows, positions, tokens = batch.rows, batch.positions, batch.tokens
@@ -93,15 +96,40 @@ def answer_logprobs(model: nn.Module, batch: ScoringBatch, *, intervention: nn.M
         rows, positions, tokens = batch.select(index)
     steering = intervention.steer(model, multiplier, layout=layout) if intervention is not None \
         else contextlib.nullcontext()
-    with steering:
+    with steering as handle:
         if prefix is not None:
             if answer_only_head:
-                logits = run_suffix(layout, prefix, index, rows=rows, positions=positions)
+                shared = _shared_prefix(layout, prefix, batch, positions, index, handle) if share_prefix else None
+                logits = run_suffix(layout, prefix, index, rows=rows, positions=positions, shared=shared)
             else:
                 logits = run_suffix(layout, prefix, index)[rows, positions]
         else:
             logits = _full_logits(model, batch, index)[rows, positions]
     return sequence_logprobs(logits, tokens)
+
+
+def _shared_prefix(layout: ModelLayout, prefix: Prefix, batch: ScoringBatch, positions: torch.Tensor,
+                   index: torch.Tensor | None, handle) -> tuple[int, SharedKeys] | None:
+    """The batch's common leading tokens run once per distinct multiplier; None where that saves nothing."""
+    length = common_length(batch.input_ids, int(positions.min()))
+    if not length or not shared_prefix.supported(prefix):
+        return None
+    n = batch.batch_size if index is None else index.numel()
+    per_row = handle is not None and torch.is_tensor(handle.multiplier)
+    values, inverse = torch.unique(handle.multiplier, return_inverse=True) if per_row \
+        else (None, torch.zeros(n, dtype=torch.long))
+    copies = 1 if values is None else values.numel()
+    if 2 * copies > n:
+        return None
+    original = handle.multiplier if per_row else None
+    try:
+        if per_row:
+            handle.multiplier = values
+        keys = shared_prefix.record(layout, prefix, length, copies)
+    finally:
+        if per_row:
+            handle.multiplier = original
+    return length, keys.reading(inverse.to(prefix.hidden.device))
 
 
 def pair_logprobs(model: nn.Module, tokenizer, pairs, prompt_format: str,

@@ -155,8 +155,11 @@ class _Scorer:
         multiplier = torch.tensor(group, dtype=torch.float32, device=self.device).repeat_interleave(
             batch.batch_size) if k > 1 else group[0]
         index = stacked_index(batch.batch_size, k) if k > 1 else None
+        # packed rows share their opening tokens (system turn, user header): run those once per m;
+        # the first packed batch is checked against unpacked rows, which run in full
         scores = answer_logprobs(self.layout.model, batch, intervention=self.intervention,
-                                 multiplier=multiplier, index=index, layout=self.layout, prefix=prefix)
+                                 multiplier=multiplier, index=index, layout=self.layout, prefix=prefix,
+                                 share_prefix=batch.packed)
         return scores.view(k, batch.output_rows)
 
 
