@@ -164,7 +164,8 @@ class _Trainer:
         with torch.no_grad(), self._autocast():
             packed = answer_logprobs(self.model, self.scoring_batch(key))
             plain = answer_logprobs(self.model, ScoringBatch.plain(enc.input_ids, enc.attention_mask, enc.labels))
-        if not packing_agrees(packed, plain, _dtype(self.model), self.layout.model_type):
+        compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.autocast, _dtype(self.model))
+        if not packing_agrees(packed, plain, compute, self.layout.model_type):
             self.packed = False
             self.scoring.clear()
 
@@ -207,11 +208,11 @@ class _Trainer:
                                    answer_only_head=self.config.answer_only_head)
 
     def _autocast(self):
-        device = next(self.model.parameters()).device
-        if self.config.autocast and device.type == "cuda":
-            dtype = torch.bfloat16 if self.config.autocast == "bf16" else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return torch.autocast("cpu", enabled=False)
+        """bf16 / fp16 autocast on the model's device when `autocast` is set (fp32 master weights)."""
+        if not self.config.autocast:
+            return torch.autocast("cpu", enabled=False)
+        dtype = torch.bfloat16 if self.config.autocast == "bf16" else torch.float16
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=dtype)
 
     def step_loss(self, key: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
         """The loss of one batch and its mean preference margin (L_neg - L_pos, add rows)."""

@@ -500,3 +500,16 @@ def test_same_seed_gives_identical_interventions(method, form):
     if method != "caa":
         c = param_copies(train(model, tok, PAIRS, {**settings, "seed": 4}))
         assert any(not torch.equal(a[k], c[k]) for k in a)  # the seed matters
+
+
+def test_bf16_autocast_runs_on_cpu_and_stays_close_to_fp32():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    runs = {}
+    for autocast in (None, "bf16"):
+        history = []
+        iv = train(model, tok, PAIRS, cfg(autocast=autocast), history=history)
+        runs[autocast] = [h["loss"] for h in history], iv
+    (fp32, _), (bf16, iv) = runs[None], runs["bf16"]
+    assert fp32 != bf16  # bf16 really ran: the losses move
+    assert bf16 == pytest.approx(fp32, rel=0.05)
+    assert all(p.dtype == torch.float32 for p in iv.parameters())  # fp32 master weights
