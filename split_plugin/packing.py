@@ -21,34 +21,31 @@ from torch import nn
 
 from .objectives import AnswerTokens
 from .scoring import ScoringBatch
+from .tokenization import PairBatch
 
 
-def _split_row(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
-    """(prompt ids, answer ids) of one encoded row, or None if the answer is not one final block."""
-    real = mask.bool()
-    ids, labels = ids[real], labels[real]
-    answer = (labels != -100).nonzero().flatten()
-    if answer.numel() == 0 or answer[0] < 1 or answer[-1] != ids.numel() - 1 \
-            or answer.numel() != ids.numel() - int(answer[0]):
-        return None
-    start = int(answer[0])
-    return ids[:start], ids[start:]
+def pack_pairs(batch: PairBatch, dtype: torch.dtype, pad_id: int = 0,
+               max_length: int | None = None) -> ScoringBatch | None:
+    """Pack rows 2i / 2i+1 of `batch` (one prompt, two answers) into one row each.
 
-
-def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-               dtype: torch.dtype, pad_id: int = 0, max_length: int | None = None) -> ScoringBatch | None:
-    """Pack rows 2i / 2i+1 (same prompt) into one row each; None where that is not possible."""
+    None where a packed row would be longer than `max_length`, or a pair's two rows do not
+    start with the same prompt (a batch built by hand).
+    """
     parts = []
-    for i in range(0, input_ids.shape[0], 2):
-        pos = _split_row(input_ids[i], attention_mask[i], labels[i])
-        neg = _split_row(input_ids[i + 1], attention_mask[i + 1], labels[i + 1])
-        if pos is None or neg is None or not torch.equal(pos[0], neg[0]):
+    for i in range(batch.num_pairs):
+        (pos, p), (neg, q) = (_row(batch, 2 * i), _row(batch, 2 * i + 1))
+        if p != q or not torch.equal(pos[:p], neg[:p]):
             return None
-        parts.append((pos[0], pos[1], neg[1]))
+        parts.append((pos[:p], pos[p:], neg[p:]))
     width = max(len(p) + len(a) + len(b) for p, a, b in parts)
     if max_length is not None and width > max_length:
         return None
-    return _build(parts, width, dtype, pad_id, input_ids.device)
+    return _build(parts, width, dtype, pad_id, batch.input_ids.device)
+
+
+def _row(batch: PairBatch, row: int) -> tuple[torch.Tensor, int]:
+    """(the row's tokens without padding, its prompt length)."""
+    return batch.input_ids[row][batch.attention_mask[row].bool()], int(batch.prompt_lengths[row])
 
 
 def _build(parts: list, width: int, dtype: torch.dtype, pad_id: int, device) -> ScoringBatch:

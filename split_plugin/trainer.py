@@ -149,8 +149,8 @@ class _Trainer:
         """Batch `key` as the model sees it: one packed row per pair, or one row per answer."""
         if key not in self.scoring:
             enc = self.batch(key)
-            packed = pack_pairs(enc.input_ids, enc.attention_mask, enc.labels, _dtype(self.model),
-                                max_length=window_limit(self.model)) if self.packed else None
+            packed = pack_pairs(enc, _dtype(self.model), max_length=window_limit(self.model)) \
+                if self.packed else None
             self.scoring[key] = packed or ScoringBatch.plain(enc.input_ids, enc.attention_mask, enc.labels)
         return self.scoring[key]
 

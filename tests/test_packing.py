@@ -10,7 +10,7 @@ PAIRS = [ContrastivePair("Why?", "yes", "no no"), ContrastivePair("How so?", "ok
 
 def test_a_packed_row_is_prompt_positive_negative_with_restarted_positions():
     enc = encode_pairs(tiny_tokenizer(), PAIRS)
-    packed = pack_pairs(enc.input_ids, enc.attention_mask, enc.labels, torch.float32)
+    packed = pack_pairs(enc, torch.float32)
     assert packed.batch_size == 2 and packed.output_rows == 4
     p, a, b = int(enc.prompt_lengths[0]), int(enc.answer_lengths[0]), int(enc.answer_lengths[1])
     row0 = enc.input_ids[0][enc.attention_mask[0].bool()]
@@ -26,7 +26,14 @@ def test_rows_that_do_not_share_a_prompt_or_do_not_fit_are_not_packed():
     enc = encode_pairs(tiny_tokenizer(), PAIRS)
     swapped = [1, 0, 2, 3]  # the same pair, answers swapped: still one prompt
     mixed = torch.tensor([0, 2, 1, 3])  # rows 0 and 1 come from different questions
-    assert pack_pairs(enc.input_ids[mixed], enc.attention_mask[mixed], enc.labels[mixed], torch.float32) is None
-    assert pack_pairs(enc.input_ids, enc.attention_mask, enc.labels, torch.float32, max_length=4) is None
-    assert pack_pairs(enc.input_ids[swapped], enc.attention_mask[swapped], enc.labels[swapped],
-                      torch.float32) is not None
+    assert pack_pairs(enc.select(mixed), torch.float32) is None
+    assert pack_pairs(enc, torch.float32, max_length=4) is None
+    assert pack_pairs(enc.select(swapped), torch.float32) is not None
+
+
+def test_left_padded_pairs_pack_like_right_padded_ones():
+    tok = tiny_tokenizer()
+    right = pack_pairs(encode_pairs(tok, PAIRS, padding_side="right"), torch.float32)
+    left = pack_pairs(encode_pairs(tok, PAIRS, padding_side="left"), torch.float32)
+    for name in ("input_ids", "attention_mask", "position_ids", "rows", "positions"):
+        assert torch.equal(getattr(left, name), getattr(right, name)), name

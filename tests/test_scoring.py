@@ -17,7 +17,7 @@ def setup(form="lora"):
         for p in iv.parameters():
             p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.3)
     enc = encode_pairs(tok, PAIRS)
-    return model, iv, ScoringBatch.plain(enc.input_ids, enc.attention_mask, enc.labels), enc.labels
+    return model, iv, ScoringBatch.plain(enc.input_ids, enc.attention_mask, enc.labels), enc
 
 
 @torch.no_grad()
@@ -37,8 +37,8 @@ def test_selected_rows_at_their_own_multipliers_equal_separate_runs():
 
 @torch.no_grad()
 def test_packed_rows_score_what_plain_rows_score_and_select_by_index():
-    model, iv, batch, labels = setup("vector")
-    packed = pack_pairs(batch.input_ids, batch.attention_mask, labels, torch.float32)
+    model, iv, batch, enc = setup("vector")
+    packed = pack_pairs(enc, torch.float32)
     plain = answer_logprobs(model, batch, intervention=iv, multiplier=2.0)
     assert torch.allclose(answer_logprobs(model, packed, intervention=iv, multiplier=2.0), plain, atol=1e-4)
     # packed row 2 holds output rows 4, 5 (pair 2); selecting it first puts them first

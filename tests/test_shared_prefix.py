@@ -16,7 +16,7 @@ SYSTEM = "You are a helpful assistant that answers."
 def packed_setup(arch: str, form: str):
     model, tok = tiny_model(arch), tiny_tokenizer()
     enc = encode_pairs(tok, PAIRS, system_prompt=SYSTEM)
-    batch = pack_pairs(enc.input_ids, enc.attention_mask, enc.labels, torch.float32)
+    batch = pack_pairs(enc, torch.float32)
     layout = resolve_layout(model)
     intervention = Intervention.for_model(model, form, 2, rank=4)
     with torch.no_grad():

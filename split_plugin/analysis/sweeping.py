@@ -92,15 +92,14 @@ class _Scorer:
         self.pack_limit = window_limit(layout.model)
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                 pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """([M, rows] log-prob sums, [rows] scored-token counts); `pairs`: rows 2i/2i+1 share a prompt."""
+                 pairs: PairBatch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """([M, rows] log-prob sums, [rows] scored-token counts); `pairs`: the rows are this PairBatch's."""
         plain = ScoringBatch.plain(input_ids.to(self.device), attention_mask.to(self.device),
                                    labels.to(self.device))
         if self.naive:
             return self._naive(plain), plain.tokens.counts
-        if pairs and self.pack is not False:
-            packed = pack_pairs(plain.input_ids, plain.attention_mask, labels.to(self.device),
-                                self.dtype, max_length=self.pack_limit)
+        if pairs is not None and self.pack is not False:
+            packed = pack_pairs(pairs.to(self.device), self.dtype, max_length=self.pack_limit)
             if packed is not None:
                 scores = self._stacked(packed)
                 if self.pack is None:
@@ -171,7 +170,7 @@ def _score_pairs(scorer: _Scorer, tokenizer, pairs: list[ContrastivePair], batch
     for start in tqdm(starts, desc="sweep pairs", disable=not progress, leave=False):
         batch = encode_pairs(tokenizer, pairs[start:start + batch_size], max_length=max_length,
                              system_prompt=system_prompt)
-        s, c = scorer(batch.input_ids, batch.attention_mask, batch.labels, pairs=True)
+        s, c = scorer(batch.input_ids, batch.attention_mask, batch.labels, pairs=batch)
         scores.append(s.double().cpu())
         counts.append(c.cpu())
     return torch.cat(scores, dim=1), torch.cat(counts)
