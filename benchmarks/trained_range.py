@@ -59,7 +59,7 @@ def run_variant(model, tokenizer, name: str, train_pairs, val_pairs, text: str, 
     strength = edit_ratio(model, tokenizer, intervention, text)
     result = sweep(model, tokenizer, intervention, val_pairs, list(MULTIPLIERS), heldout_text=text,
                    bootstrap=0, progress=False)
-    rows = {round(r["multiplier"], 9): r for r in result.summary()}
+    rows = dict(zip(MULTIPLIERS, result.summary()))  # joined by position: MULTIPLIERS is ascending, as summary() is
     cells = [f"{rows[m]['accuracy']:.3f} / {rows[m]['pref_mean']:+.2f} / {rows[m]['ppl_increase']:+.1%}"
              for m in MULTIPLIERS[1:]]
     return [name, f"{strength:.4f}", f"{rows[0.0]['accuracy']:.3f}", *cells, f"{seconds:.0f}"]
