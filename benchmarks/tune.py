@@ -61,7 +61,12 @@ SEARCH = {
         ("alpha 32, manifold 1.0", {**A32, "manifold_weight": 1.0}),
     ],
     "split-vector": [
-        ("preset", {}), ("reference", REFERENCE["vector"]),
+        ("preset", {}),
+        ("m = 1 only, KL 1", {"factors": [1.0], "kl_weight": 1.0}),
+        ("factors 0.5..2, KL 1", {"factors": [0.5, 1.0, 2.0], "kl_weight": 1.0}),
+        ("m = 1 only, manifold 1", {"factors": [1.0], "manifold_weight": 1.0}),
+        ("m = 1 only", {"factors": [1.0]}),
+        ("reference", REFERENCE["vector"]),
         ("lr 0.02", {"lr": 0.02}), ("no sub rows", {"sub_rows": False}),
         ("margin 2", {"margin": 2.0}), ("4 epochs", {"epochs": 4}),
         ("sum NLL", {"loss_reduction": "sum"}),
