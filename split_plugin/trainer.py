@@ -160,10 +160,12 @@ class _Trainer:
         key = next((k for k in keys if self.scoring_batch(k).packed), None)
         if key is None:
             return
-        enc = self.batch(key)
+        enc = self.batch(key)  # the first pair is enough to catch a model that ignores the positions or the mask
+        first = torch.tensor([0, 1], device=enc.input_ids.device)
         with torch.no_grad(), self._autocast():
-            packed = answer_logprobs(self.model, self.scoring_batch(key))
-            plain = answer_logprobs(self.model, ScoringBatch.plain(enc.input_ids, enc.attention_mask, enc.labels))
+            packed = answer_logprobs(self.model, self.scoring_batch(key), index=first[:1])
+            plain = answer_logprobs(self.model, ScoringBatch.plain(enc.input_ids, enc.attention_mask, enc.labels),
+                                    index=first)
         compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.autocast, _dtype(self.model))
         if not packing_agrees(packed, plain, compute, self.layout.model_type):
             self.packed = False
