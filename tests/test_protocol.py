@@ -5,7 +5,7 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from split_plugin import Intervention, SplitPluginError
-from split_plugin.analysis import Evaluation, SweepResult, best_within, evaluate
+from split_plugin.analysis import Evaluation, Point, SweepResult, best_within, evaluate
 from split_plugin.analysis.protocol import evaluate_with
 from split_plugin.analysis.protocol import (FRONTIER_BUDGETS, RELATIVE_GRID, evaluation_points,
                                             trained_multipliers)
@@ -40,6 +40,14 @@ def test_points_hold_unsteered_grid_and_trained_multipliers():
     assert [p.strength for p in grid] == pytest.approx(list(RELATIVE_GRID))
     trained = {p.multiplier: p.strength for p in points if p.source == "trained"}
     assert trained == pytest.approx({0.2: 0.0008, 1.0: 0.004, 2.0: 0.008})
+
+
+def test_a_grid_point_at_a_trained_multiplier_is_not_evaluated_twice():
+    points = evaluation_points(0.99986, trained=[1.0])    # a CAA vector: m = 1 is strength ~1.0
+    assert [p.source for p in points].count("grid") == len(RELATIVE_GRID) - 1
+    assert points[-1] == Point(1.0, pytest.approx(0.99986), "trained")
+    apart = evaluation_points(0.98, trained=[1.0])         # 2% apart: both kept
+    assert [p.source for p in apart].count("grid") == len(RELATIVE_GRID)
 
 
 def test_points_refuse_a_non_finite_edit():

@@ -32,6 +32,7 @@ RELATIVE_GRID = tuple(float(s) for s in np.geomspace(1e-3, 1.0, 13))  # 0.001 ..
 BUDGETS = (0.02, 0.05, 0.10)  # held-out perplexity increase: +2%, +5%, +10%
 FRONTIER_BUDGETS = (0.0, 0.01, 0.02, 0.05, 0.10, 0.20, 0.50, 1.0)
 MAX_TRAINED_POINTS = 5
+SAME_POINT = 0.01  # a grid point within 1% (relative m) of a trained multiplier is that point again: dropped
 PROTOCOL_VERSION = 1
 
 
@@ -58,14 +59,21 @@ def trained_multipliers(intervention: Intervention) -> list[float]:
 
 def evaluation_points(ratio_at_one: float, trained: Sequence[float],
                       grid: Sequence[float] = RELATIVE_GRID) -> list[Point]:
-    """The unsteered point, the relative-strength grid and the trained multipliers, sorted by m."""
+    """The unsteered point, the relative-strength grid and the trained multipliers, sorted by m.
+
+    A grid point within SAME_POINT of a trained multiplier is left out (e.g. CAA's m = 1 is its
+    relative strength ~1.0): it would cost a full pass for the same numbers.
+    """
     if not np.isfinite(ratio_at_one) or ratio_at_one < 0:
         raise SplitPluginError(f"edit ratio at m = 1 is {ratio_at_one!r}; the intervention's update is not "
                                "finite: retrain it (check the training loss for NaN)")
+    trained = [float(m) for m in trained if m > 0]
     points = {0.0: Point(0.0, 0.0, "unsteered")}
     if ratio_at_one > 0:
-        points.update({s / ratio_at_one: Point(s / ratio_at_one, float(s), "grid") for s in grid if s > 0})
-    points.update({float(m): Point(float(m), float(m) * ratio_at_one, "trained") for m in trained if m > 0})
+        steps = {s / ratio_at_one: float(s) for s in grid if s > 0}
+        points.update({m: Point(m, s, "grid") for m, s in steps.items()
+                       if not any(abs(m - t) <= SAME_POINT * t for t in trained)})
+    points.update({m: Point(m, m * ratio_at_one, "trained") for m in trained})
     return [points[m] for m in sorted(points)]
 
 
