@@ -5,7 +5,7 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from split_plugin import Intervention, SplitPluginError
-from split_plugin.analysis import Evaluation, Point, SweepResult, best_within, evaluate
+from split_plugin.analysis import Evaluation, Point, SweepCache, SweepResult, best_within, evaluate
 from split_plugin.analysis.protocol import evaluate_with
 from split_plugin.analysis.protocol import (FRONTIER_BUDGETS, RELATIVE_GRID, evaluation_points,
                                             trained_multipliers)
@@ -78,15 +78,35 @@ def test_best_within_needs_perplexity():
         best_within(_result([0.0, 1.0], [0.5, 0.6], [float("nan")] * 2), 0.05)
 
 
+def _evaluate_random(form: str = "vector", model=None, cache=None, seed: int = 0) -> Evaluation:
+    """A random intervention of `form` at layer 1, evaluated on the tiny llama (3 validation pairs)."""
+    model = model or tiny_model("llama")
+    torch.manual_seed(seed)
+    intervention = Intervention.for_model(model, form, 1, rank=2)
+    with torch.no_grad():
+        for p in intervention.parameters():
+            p.normal_()
+    tests = {"test": PAIRS[3:], "other": PAIRS[:2]}
+    return evaluate(model, tiny_tokenizer(), intervention, PAIRS[:3], tests, HELDOUT, name="random", cache=cache)
+
+
 @pytest.fixture(scope="module")
 def evaluation():
-    torch.manual_seed(0)
-    model, tok = tiny_model("llama"), tiny_tokenizer()
-    intervention = Intervention.for_model(model, "vector", 1)
-    with torch.no_grad():
-        intervention.vector.normal_()
-    tests = {"test": PAIRS[3:], "other": PAIRS[:2]}
-    return evaluate(model, tok, intervention, PAIRS[:3], tests, HELDOUT, name="random")
+    return _evaluate_random()
+
+
+def test_evaluations_sharing_a_cache_choose_and_score_as_alone(evaluation):
+    model, cache = tiny_model("llama"), SweepCache()
+    _evaluate_random("lora", model, cache, seed=1)              # fills the cache
+    shared = _evaluate_random("vector", model, cache)           # the fixture's intervention again
+    assert cache.prefixes and cache.unsteered and cache.packing
+    assert shared.points == evaluation.points
+    np.testing.assert_allclose(shared.validation.column("perplexity"),
+                               evaluation.validation.column("perplexity"), rtol=1e-4)
+    for name in ("test", "other"):
+        assert [r["multiplier"] for r in shared.frontier(name)] == [r["multiplier"] for r in evaluation.frontier(name)]
+        np.testing.assert_allclose([r["pref_mean"] for r in shared.frontier(name)],
+                                   [r["pref_mean"] for r in evaluation.frontier(name)], rtol=1e-4, atol=1e-6)
 
 
 def test_evaluate_scores_tests_only_at_validation_choices(evaluation):

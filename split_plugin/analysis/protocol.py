@@ -26,6 +26,7 @@ from ..intervention import Intervention
 from ..pairs import ContrastivePair
 from ..strength import edit_ratio
 from .result import SweepResult
+from .reuse import SweepCache
 from .sweeping import sweep
 
 RELATIVE_GRID = tuple(float(s) for s in np.geomspace(1e-3, 1.0, 13))  # 0.001 .. 1.0, x1.78 per step
@@ -206,18 +207,20 @@ def evaluate(model: nn.Module, tokenizer, intervention: Intervention, validation
              tests: Mapping[str, Sequence[ContrastivePair]], heldout_text: str, *, name: str = "method",
              trained: Sequence[float] | None = None, grid: Sequence[float] = RELATIVE_GRID,
              budgets: Sequence[float] = BUDGETS, progress: bool = False,
-             train_seconds: float | None = None) -> Evaluation:
+             train_seconds: float | None = None, cache: SweepCache | None = None) -> Evaluation:
     """Evaluate one intervention under the protocol (see the module docstring).
 
     `validation` chooses the strengths; `tests` (name -> pairs, e.g. one set per prompt format)
     are scored only at the chosen strengths ({} while tuning: validation only). `trained`: the multipliers it was trained at
     (default: `trained_multipliers(intervention)`; pass [1.0] for a peer's own trained point).
+    `cache`: one SweepCache passed to the evaluations of several interventions on the same model
+    and pairs runs each batch's layers below L and its unsteered pass once for all of them.
     """
     _require_heldout(heldout_text)
 
     def score(pairs: Sequence[ContrastivePair], multipliers: Sequence[float], text: str | None) -> SweepResult:
         return sweep(model, tokenizer, intervention, pairs, multipliers, heldout_text=text, bootstrap=0,
-                     progress=progress)
+                     progress=progress, cache=cache)
 
     return evaluate_with(score, edit_ratio(model, tokenizer, intervention, heldout_text),
                          trained_multipliers(intervention) if trained is None else trained,
