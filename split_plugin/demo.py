@@ -18,6 +18,7 @@ import torch
 from .analysis import write_report
 from .analysis.plots import plot_protocol
 from .analysis.protocol import BUDGETS, Evaluation, evaluate
+from .analysis.reuse import SweepCache
 from .config import TrainConfig
 from .data import HELDOUT_WORDS, load_heldout_text, load_pairs
 from .errors import SplitPluginError
@@ -62,7 +63,8 @@ def _split(concept: str, quick: bool):
     return train_pairs, val_pairs, load_pairs(concept, split="test", limit=24 if quick else TEST_PAIRS)
 
 
-def _run(model, tokenizer, name: str, data, quick: bool, text: str, layer: int | None) -> MethodRun:
+def _run(model, tokenizer, name: str, data, quick: bool, text: str, layer: int | None,
+         cache: SweepCache) -> MethodRun:
     train_pairs, val_pairs, test_pairs = data
     values = TrainConfig.from_yaml(preset_path(METHODS[name])).to_dict()
     values.update({"epochs": 1} if quick else {}, **({"layer": layer} if layer is not None else {}))
@@ -73,7 +75,7 @@ def _run(model, tokenizer, name: str, data, quick: bool, text: str, layer: int |
     print(f"[demo] evaluating {name}: {len(val_pairs)} validation pairs choose, {len(test_pairs)} test pairs score",
           flush=True)
     evaluation = evaluate(model, tokenizer, intervention, val_pairs, {"test": test_pairs}, text, name=name,
-                          train_seconds=seconds)
+                          train_seconds=seconds, cache=cache)
     return MethodRun(name, intervention, evaluation)
 
 
@@ -157,7 +159,8 @@ def run_demo(out_dir: str | Path = "reports/demo", concept: str = "optimism", qu
     data = _split(concept, quick)
     text = load_heldout_text(words=HELDOUT_WORDS)
     stages = {"loading": time.perf_counter() - start}
-    runs = [_run(model, tokenizer, name, data, quick, text, layer) for name in names]
+    cache = SweepCache()  # the methods share each batch's unsteered pass and layers below L
+    runs = [_run(model, tokenizer, name, data, quick, text, layer, cache) for name in names]
     stages["training"] = sum(run.evaluation.train_seconds for run in runs)
     stages["evaluation"] = time.perf_counter() - start - stages["loading"] - stages["training"]
     rows = _rows(runs)

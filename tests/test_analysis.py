@@ -10,7 +10,7 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from split_plugin import Intervention, SplitPluginError, export_peft, import_peft
-from split_plugin.analysis import (FitResult, ReferenceCloud, SweepResult, correlate, detect_phases,
+from split_plugin.analysis import (FitResult, ReferenceCloud, SweepCache, SweepResult, correlate, detect_phases,
                                    fit_curve, fit_curves, manifold_report, sweep, write_report)
 from split_plugin.analysis.cli import add_sweep_arguments, parse_multipliers, run_sweep_command
 from split_plugin.analysis.fits import evaluate
@@ -92,6 +92,47 @@ def test_packing_falls_back_with_a_warning_when_it_disagrees(monkeypatch):
         fast = sweep(model, tok, intervention, PAIRS, MS, batch_size=2, bootstrap=0, progress=False)
     assert not fast.metadata["packed_pairs"]
     assert np.abs(raw_logprobs(fast) - raw_logprobs(naive)).max() < 1e-4
+
+
+def test_sweeps_sharing_a_cache_equal_sweeps_without_one_and_skip_the_shared_passes(monkeypatch):
+    sweep_module = importlib.import_module("split_plugin.analysis.sweeping")
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    kwargs = dict(batch_size=2, max_length=64, heldout_text=HELDOUT, bootstrap=0, progress=False, max_rows=8)
+    edits = [_random_intervention(model, "vector", seed=1), _random_intervention(model, "lora", seed=2),
+             _random_intervention(model, "local_weight", layer=2, seed=3)]
+    alone = [sweep(model, tok, edit, PAIRS, MS, **kwargs) for edit in edits]
+    captures, unsteered_runs = [], []
+    real_capture, real_score = sweep_module.capture_prefix, sweep_module.answer_logprobs
+
+    def capture(layout, layer, *args):
+        captures.append(layer)
+        return real_capture(layout, layer, *args)
+
+    def score(*args, multiplier, **kwargs):
+        unsteered_runs.append(bool((torch.as_tensor(multiplier) == 0).any()))
+        return real_score(*args, multiplier=multiplier, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "capture_prefix", capture)
+    monkeypatch.setattr(sweep_module, "answer_logprobs", score)
+    cache = SweepCache()
+    shared = []
+    for edit in edits:
+        captures.clear(), unsteered_runs.clear()
+        shared.append(sweep(model, tok, edit, PAIRS, MS, cache=cache, **kwargs))
+        if edit is edits[0]:
+            assert any(unsteered_runs)                     # the first sweep computes and fills the cache
+            first_captures = len(captures)                 # one per batch, one more for the packing check
+        else:
+            assert not any(unsteered_runs)                 # m = 0 and the packing check reused
+            # layer 1's prefixes reused; layer 2 needs its own (no packing check this time)
+            assert captures == ([] if edit.layer == 1 else [2] * (first_captures - 1))
+    for a, b in zip(alone, shared):
+        assert np.abs(raw_logprobs(a) - raw_logprobs(b)).max() < 1e-4
+        np.testing.assert_allclose(b.column("perplexity"), a.column("perplexity"), rtol=1e-4)
+        assert b.metadata["packed_pairs"]
+    assert np.abs(raw_logprobs(shared[0])[-1] - raw_logprobs(shared[1])[-1]).max() > 1e-3  # not vacuous
+    with pytest.raises(SplitPluginError, match="one SweepCache per model"):
+        sweep(tiny_model("llama"), tok, edits[0], PAIRS, MS, cache=cache, **kwargs)
 
 
 def test_multiplier_zero_added_and_sorted():

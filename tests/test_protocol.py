@@ -5,7 +5,7 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from split_plugin import Intervention, SplitPluginError
-from split_plugin.analysis import Evaluation, SweepResult, best_within, evaluate
+from split_plugin.analysis import Evaluation, Point, SweepCache, SweepResult, best_within, evaluate
 from split_plugin.analysis.protocol import evaluate_with
 from split_plugin.analysis.protocol import (FRONTIER_BUDGETS, RELATIVE_GRID, evaluation_points,
                                             trained_multipliers)
@@ -42,6 +42,14 @@ def test_points_hold_unsteered_grid_and_trained_multipliers():
     assert trained == pytest.approx({0.2: 0.0008, 1.0: 0.004, 2.0: 0.008})
 
 
+def test_a_grid_point_at_a_trained_multiplier_is_not_evaluated_twice():
+    points = evaluation_points(0.99986, trained=[1.0])    # a CAA vector: m = 1 is strength ~1.0
+    assert [p.source for p in points].count("grid") == len(RELATIVE_GRID) - 1
+    assert points[-1] == Point(1.0, pytest.approx(0.99986), "trained")
+    apart = evaluation_points(0.98, trained=[1.0])         # 2% apart: both kept
+    assert [p.source for p in apart].count("grid") == len(RELATIVE_GRID)
+
+
 def test_points_refuse_a_non_finite_edit():
     with pytest.raises(SplitPluginError, match="not finite"):
         evaluation_points(float("nan"), trained=[1.0])
@@ -70,15 +78,35 @@ def test_best_within_needs_perplexity():
         best_within(_result([0.0, 1.0], [0.5, 0.6], [float("nan")] * 2), 0.05)
 
 
+def _evaluate_random(form: str = "vector", model=None, cache=None, seed: int = 0) -> Evaluation:
+    """A random intervention of `form` at layer 1, evaluated on the tiny llama (3 validation pairs)."""
+    model = model or tiny_model("llama")
+    torch.manual_seed(seed)
+    intervention = Intervention.for_model(model, form, 1, rank=2)
+    with torch.no_grad():
+        for p in intervention.parameters():
+            p.normal_()
+    tests = {"test": PAIRS[3:], "other": PAIRS[:2]}
+    return evaluate(model, tiny_tokenizer(), intervention, PAIRS[:3], tests, HELDOUT, name="random", cache=cache)
+
+
 @pytest.fixture(scope="module")
 def evaluation():
-    torch.manual_seed(0)
-    model, tok = tiny_model("llama"), tiny_tokenizer()
-    intervention = Intervention.for_model(model, "vector", 1)
-    with torch.no_grad():
-        intervention.vector.normal_()
-    tests = {"test": PAIRS[3:], "other": PAIRS[:2]}
-    return evaluate(model, tok, intervention, PAIRS[:3], tests, HELDOUT, name="random")
+    return _evaluate_random()
+
+
+def test_evaluations_sharing_a_cache_choose_and_score_as_alone(evaluation):
+    model, cache = tiny_model("llama"), SweepCache()
+    _evaluate_random("lora", model, cache, seed=1)              # fills the cache
+    shared = _evaluate_random("vector", model, cache)           # the fixture's intervention again
+    assert cache.prefixes and cache.unsteered and cache.packing
+    assert shared.points == evaluation.points
+    np.testing.assert_allclose(shared.validation.column("perplexity"),
+                               evaluation.validation.column("perplexity"), rtol=1e-4)
+    for name in ("test", "other"):
+        assert [r["multiplier"] for r in shared.frontier(name)] == [r["multiplier"] for r in evaluation.frontier(name)]
+        np.testing.assert_allclose([r["pref_mean"] for r in shared.frontier(name)],
+                                   [r["pref_mean"] for r in evaluation.frontier(name)], rtol=1e-4, atol=1e-6)
 
 
 def test_evaluate_scores_tests_only_at_validation_choices(evaluation):

@@ -16,7 +16,7 @@ _LAZY = {  # public name -> the submodule defining it (loaded on first use: scip
     "plot_off_manifold": "plots", "plot_protocol": "plots", "plot_sweep": "plots",
     "verdict": "report", "write_report": "report",
     "Evaluation": "protocol", "Point": "protocol", "best_within": "protocol", "evaluate": "protocol",
-    "SweepResult": "result", "summarize": "stats", "sweep": "sweeping",
+    "SweepResult": "result", "summarize": "stats", "sweep": "sweeping", "SweepCache": "reuse",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 

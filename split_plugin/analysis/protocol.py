@@ -26,12 +26,14 @@ from ..intervention import Intervention
 from ..pairs import ContrastivePair
 from ..strength import edit_ratio
 from .result import SweepResult
+from .reuse import SweepCache
 from .sweeping import sweep
 
 RELATIVE_GRID = tuple(float(s) for s in np.geomspace(1e-3, 1.0, 13))  # 0.001 .. 1.0, x1.78 per step
 BUDGETS = (0.02, 0.05, 0.10)  # held-out perplexity increase: +2%, +5%, +10%
 FRONTIER_BUDGETS = (0.0, 0.01, 0.02, 0.05, 0.10, 0.20, 0.50, 1.0)
 MAX_TRAINED_POINTS = 5
+SAME_POINT = 0.01  # a grid point within 1% (relative m) of a trained multiplier is that point again: dropped
 PROTOCOL_VERSION = 1
 
 
@@ -58,14 +60,21 @@ def trained_multipliers(intervention: Intervention) -> list[float]:
 
 def evaluation_points(ratio_at_one: float, trained: Sequence[float],
                       grid: Sequence[float] = RELATIVE_GRID) -> list[Point]:
-    """The unsteered point, the relative-strength grid and the trained multipliers, sorted by m."""
+    """The unsteered point, the relative-strength grid and the trained multipliers, sorted by m.
+
+    A grid point within SAME_POINT of a trained multiplier is left out (e.g. CAA's m = 1 is its
+    relative strength ~1.0): it would cost a full pass for the same numbers.
+    """
     if not np.isfinite(ratio_at_one) or ratio_at_one < 0:
         raise SplitPluginError(f"edit ratio at m = 1 is {ratio_at_one!r}; the intervention's update is not "
                                "finite: retrain it (check the training loss for NaN)")
+    trained = [float(m) for m in trained if m > 0]
     points = {0.0: Point(0.0, 0.0, "unsteered")}
     if ratio_at_one > 0:
-        points.update({s / ratio_at_one: Point(s / ratio_at_one, float(s), "grid") for s in grid if s > 0})
-    points.update({float(m): Point(float(m), float(m) * ratio_at_one, "trained") for m in trained if m > 0})
+        steps = {s / ratio_at_one: float(s) for s in grid if s > 0}
+        points.update({m: Point(m, s, "grid") for m, s in steps.items()
+                       if not any(abs(m - t) <= SAME_POINT * t for t in trained)})
+    points.update({m: Point(m, m * ratio_at_one, "trained") for m in trained})
     return [points[m] for m in sorted(points)]
 
 
@@ -198,18 +207,20 @@ def evaluate(model: nn.Module, tokenizer, intervention: Intervention, validation
              tests: Mapping[str, Sequence[ContrastivePair]], heldout_text: str, *, name: str = "method",
              trained: Sequence[float] | None = None, grid: Sequence[float] = RELATIVE_GRID,
              budgets: Sequence[float] = BUDGETS, progress: bool = False,
-             train_seconds: float | None = None) -> Evaluation:
+             train_seconds: float | None = None, cache: SweepCache | None = None) -> Evaluation:
     """Evaluate one intervention under the protocol (see the module docstring).
 
     `validation` chooses the strengths; `tests` (name -> pairs, e.g. one set per prompt format)
     are scored only at the chosen strengths ({} while tuning: validation only). `trained`: the multipliers it was trained at
     (default: `trained_multipliers(intervention)`; pass [1.0] for a peer's own trained point).
+    `cache`: one SweepCache passed to the evaluations of several interventions on the same model
+    and pairs runs each batch's layers below L and its unsteered pass once for all of them.
     """
     _require_heldout(heldout_text)
 
     def score(pairs: Sequence[ContrastivePair], multipliers: Sequence[float], text: str | None) -> SweepResult:
         return sweep(model, tokenizer, intervention, pairs, multipliers, heldout_text=text, bootstrap=0,
-                     progress=progress)
+                     progress=progress, cache=cache)
 
     return evaluate_with(score, edit_ratio(model, tokenizer, intervention, heldout_text),
                          trained_multipliers(intervention) if trained is None else trained,

@@ -29,6 +29,7 @@ from ..scoring import ScoringBatch, answer_logprobs
 from ..version import __version__
 from ..packing import pack_pairs, packing_agrees, window_limit
 from .result import SweepResult
+from .reuse import SweepCache
 from .stats import check_multipliers
 
 LOGITS_BUDGET = 2 ** 26  # most logits (elements) one stacked pass may hold: 256 MiB in fp32
@@ -80,11 +81,12 @@ class _Scorer:
     """Log-prob sums of scored tokens at every multiplier: cached prefix, stacked, packed; or naive."""
 
     def __init__(self, layout: ModelLayout, intervention: Intervention, multipliers: list[float],
-                 naive: bool, max_rows: int, pack: bool = True):
+                 naive: bool, max_rows: int, pack: bool = True, cache: SweepCache | None = None):
         self.layout, self.intervention, self.multipliers = layout, intervention, multipliers
-        self.naive, self.max_rows = naive, max_rows
+        self.naive, self.max_rows, self.cache = naive, max_rows, cache
         self.stackable = True
-        self.pack: bool | None = None if pack else False  # None: not yet checked on this model
+        # None: not yet checked on this model (a cache remembers another sweep's check)
+        self.pack: bool | None = (cache.packing if cache is not None else None) if pack else False
         parameter = next(layout.model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         config = layout.model.config
@@ -104,6 +106,8 @@ class _Scorer:
                 scores = self._stacked(packed)
                 if self.pack is None:
                     self.pack = self._packing_agrees(scores, plain)
+                    if self.cache is not None:
+                        self.cache.packing = self.pack
                 if self.pack:
                     return scores, plain.tokens.counts
         return self._stacked(plain), plain.tokens.counts
@@ -119,22 +123,33 @@ class _Scorer:
         return torch.stack([answer_logprobs(self.layout.model, batch, intervention=self.intervention,
                                             multiplier=m, layout=self.layout) for m in self.multipliers])
 
-    def group_size(self, rows: int, n_tokens: int) -> int:
-        """How many multipliers share one pass: at most `max_rows` rows and LOGITS_BUDGET logits."""
+    def group_size(self, rows: int, n_tokens: int, count: int) -> int:
+        """How many of `count` multipliers share one pass: at most `max_rows` rows and LOGITS_BUDGET logits."""
         by_rows = self.max_rows // rows
         by_logits = LOGITS_BUDGET // max(1, n_tokens * self.vocab)
-        return max(1, min(by_rows, by_logits, len(self.multipliers)))
+        return max(1, min(by_rows, by_logits, count))
 
     def _prefix(self, batch: ScoringBatch) -> Prefix:
         """Run the layers below the intervention once (with the batch's own position ids)."""
-        return capture_prefix(self.layout, self.intervention.layer, batch.input_ids, batch.attention_mask,
-                              batch.position_ids)
+        def run() -> Prefix:
+            return capture_prefix(self.layout, self.intervention.layer, batch.input_ids, batch.attention_mask,
+                                  batch.position_ids)
+        return run() if self.cache is None else self.cache.prefix(self.intervention.layer, batch, run)
 
     def _stacked(self, batch: ScoringBatch, multipliers: list[float] | None = None) -> torch.Tensor:
-        """Prefix once, then layers L.. for k multipliers at a time on the batch stacked k times."""
+        """[M, output rows] log-prob sums; m = 0 comes from the cache when another sweep scored this batch."""
         multipliers = self.multipliers if multipliers is None else multipliers
+        known = self.cache.unsteered_scores(batch) if self.cache is not None and 0.0 in multipliers else None
+        todo = [m for m in multipliers if known is None or m != 0.0]
+        scores = dict(zip(todo, self._groups(batch, todo))) if todo else {}
+        if known is None and 0.0 in scores and self.cache is not None:
+            self.cache.keep_unsteered(batch, scores[0.0])
+        return torch.stack([known if known is not None and m == 0.0 else scores[m] for m in multipliers])
+
+    def _groups(self, batch: ScoringBatch, multipliers: list[float]) -> torch.Tensor:
+        """Prefix once, then layers L.. for k multipliers at a time on the batch stacked k times."""
         prefix = self._prefix(batch)
-        k = self.group_size(batch.batch_size, batch.rows.numel()) if self.stackable else 1
+        k = self.group_size(batch.batch_size, batch.rows.numel(), len(multipliers)) if self.stackable else 1
         out = []
         for start in range(0, len(multipliers), k):
             group = multipliers[start:start + k]
@@ -207,7 +222,8 @@ def sweep(model: nn.Module, tokenizer, intervention: Intervention, pairs: Sequen
           multipliers: Sequence[float], *, batch_size: int = 8, max_length: int = 256,
           heldout_text: str | bool | None = None, system_prompt: str | None = None,
           bootstrap: int = 1000, seed: int = 0, progress: bool = True, naive: bool = False,
-          max_rows: int = 64, pack: bool = True, layout: ArchSpec | dict | None = None) -> SweepResult:
+          max_rows: int = 64, pack: bool = True, layout: ArchSpec | dict | None = None,
+          cache: SweepCache | None = None) -> SweepResult:
     """Score every pair at every multiplier (0 always included) and summarise.
 
     Per multiplier: answer log-prob sums, PrefOdds, UtilOdds (NaN = undefined, counted),
@@ -216,14 +232,18 @@ def sweep(model: nn.Module, tokenizer, intervention: Intervention, pairs: Sequen
     perplexity and its increase relative to m = 0.
     `max_rows` caps the rows of one stacked pass (batch rows x multipliers); `pack` scores both
     answers of a pair in one row (the shared prompt runs once; checked against unpacked rows on
-    the first batch). The model is left as it was: no hooks, same train/eval mode and
-    requires_grad flags, even on errors.
+    the first batch). `cache` (a SweepCache shared by sweeps of the same model, pairs and text)
+    reuses what another sweep computed for a batch: layers below L, the m = 0 scores, the packing
+    check. The model is left as it was: no hooks, same train/eval mode and requires_grad flags,
+    even on errors.
     """
     ms = check_multipliers(multipliers)
     pairs = _check_inputs(intervention, pairs, batch_size, max_length, bootstrap)
     text = _heldout(heldout_text)
     resolved = resolve_layout(model, layout)
-    scorer = _Scorer(resolved, intervention, ms, naive, max_rows, pack)
+    if cache is not None:
+        cache.bind(model)
+    scorer = _Scorer(resolved, intervention, ms, naive, max_rows, pack, cache)
     started = time.perf_counter()
     with frozen(model), _eval_mode(intervention), torch.no_grad():
         logp, counts = _score_pairs(scorer, tokenizer, pairs, batch_size, max_length,
