@@ -122,6 +122,7 @@ class _Trainer:
         self.store = PrefixStore(config.cache_limit_mb * 2**20)
         self.kl = KLPenalty(layout, tokenizer, config)
         self.manifold = ManifoldPenalty(layout, tokenizer, config)
+        self.last_finite: float | None = None  # the last finite loss, quoted when training stops
 
     def _blocks(self) -> list[_Block]:
         c = self.config
