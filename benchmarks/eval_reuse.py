@@ -70,7 +70,8 @@ def main() -> None:
           f"{HELDOUT_WORDS} held-out words; methods in this order: {', '.join(edits)}", flush=True)
     alone = run(model, tok, edits, data, None, args.flops)
     shared = run(model, tok, edits, data, SweepCache(), args.flops)
-    print("| method | alone [s] | shared [s] | alone [TFLOP] | shared [TFLOP] | ppl rel diff | pref diff | same choices |")
+    print("| method | alone [s] | shared [s] | alone [TFLOP] | shared [TFLOP] | ppl rel diff | pref diff "
+          "| same choices |")
     print("|---|---|---|---|---|---|---|---|")
     for name in edits:
         (a, sa, fa), (b, sb, fb) = alone[name], shared[name]
