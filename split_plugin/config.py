@@ -5,6 +5,7 @@ import hashlib
 import os
 import json
 import math
+import reprlib
 import typing
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -166,13 +167,17 @@ class TrainConfig:
         return hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:length]
 
 
+#: libyaml's safe loader where PyYAML was built with it: a deeply nested file fails in ms, not seconds
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, turning parse errors into one message with the line number."""
     path = Path(path)
     if not path.is_file():
         raise SplitPluginError(f"no such hyperparameter file: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -213,6 +218,10 @@ def _matches(value: Any, annotation: Any) -> bool:
     return isinstance(value, annotation)
 
 
+_SHORT = reprlib.Repr()  # quotes a user's value without printing all of it (a list nested 3000 deep)
+_SHORT.maxstring = _SHORT.maxother = 80
+
+
 def _check_types(obj: Any) -> None:
     """Raise naming every field whose value does not match its annotation; coerce ints to floats."""
     hints = typing.get_type_hints(type(obj))
@@ -223,7 +232,7 @@ def _check_types(obj: Any) -> None:
             value = float(value)  # YAML reads 1e-3 as a string
             setattr(obj, f.name, value)
         if not _matches(value, hints[f.name]):
-            wrong.append(f"{f.name}={value!r} (expected {_type_name(hints[f.name])})")
+            wrong.append(f"{f.name}={_SHORT.repr(value)} (expected {_type_name(hints[f.name])})")
         elif hints[f.name] is float or (typing.get_origin(hints[f.name]) is list and value):
             setattr(obj, f.name, [float(v) for v in value] if isinstance(value, list) else float(value))
     if wrong:

@@ -84,7 +84,7 @@ def test_digest_names_the_settings_that_differ_from_the_defaults():
     ("layer: 2\n1: a\nfoo: b\n", r"unknown key\(s\) \[1, 'foo'\]"),          # mixed key types
     ("layer: two\n", r"wrong type for layer='two' \(expected int\)"),
     ("layer: !!float x\n", r"not valid YAML: ValueError"),                     # a YAML tag that cannot convert
-    ("layer: " + "[" * 3000 + "]" * 3000 + "\n", r"not valid YAML"),            # nesting past the recursion limit
+    ("layer: " + "[" * 3000 + "]" * 3000 + "\n", r"not valid YAML|layer=\[\[\[\[.*expected int"),  # libyaml parses it
     ("epochs: 1\n", r"missing required key\(s\) \['layer'\]"),
     ("layer: 9\n", r"layer 9 is out of range: this llama model has 4 decoder layers, so use a layer in 0..3"),
     ("layer: 2\nform: prefix\n", r"form 'prefix' is not one of \('vector', 'lora', 'local_weight'\)"),
