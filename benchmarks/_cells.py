@@ -28,6 +28,7 @@ METHODS = {
     "SFT": ("sft-vector", {}),
     "SPLIT": ("split-vector", {}),
     "SPLIT+KL": ("split-kl-vector", {}),
+    "SPLIT-tuned": ("split-tuned-vector", {}),
     "SPLIT-lora": ("split-lora", {}),
     "SPLIT-local_weight": ("split-local_weight", {}),
     "LoRA": ("sft-lora", {}),

@@ -19,7 +19,7 @@ from _peer_methods import INSTALL, LAYER, PEERS, peer_versions
 from split_plugin.analysis.protocol import BUDGETS, Evaluation
 
 
-OURS = ("CAA", "SFT", "SPLIT", "SPLIT-lora", "SPLIT-local_weight")
+OURS = ("CAA", "SFT", "SPLIT", "SPLIT-tuned", "SPLIT-lora", "SPLIT-local_weight")
 METHODS = PEERS + OURS
 DETERMINISTIC = ("steering-vectors", "repeng", "CAA")  # no randomness: one run serves every seed
 GLOSSARY = [
