@@ -2,6 +2,7 @@
 
     python benchmarks/formats.py [--concepts power-seeking self-preservation] [--method split-lora]
         [--seeds 0] [--train-pairs 96] [--out benchmarks/results/formats] [--markdown BENCHMARKS.md]
+        [--section formats]
 
 For each persona concept the preset is trained twice on the same statements: once in the
 bundled format only ("instructed"), once on a mix (`split_plugin.formats.vary_formats`: every
@@ -42,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--train-pairs", type=int, default=96)
     p.add_argument("--out", default="benchmarks/results/formats")
-    p.add_argument("--markdown", default=None, help="write the table into this file's formats section")
+    p.add_argument("--markdown", default=None, help="write the table into this file's --section")
+    p.add_argument("--section", default="formats", help="the Markdown section (one per preset, e.g. formats-tuned)")
     p.add_argument("--cached-only", action="store_true", help="report the saved cells; train nothing")
     return p.parse_args(argv)
 
@@ -119,7 +121,8 @@ def main(argv=None) -> None:
              "style. Formats: split_plugin/formats.py (`instructed` is the bundled one; `free-text` are the "
              "concept's free-text test pairs). Bare gain kept: (bare accuracy - unsteered) / (instructed "
              "accuracy - unsteered).", "", *table(cells)]
-    publish("\n".join(lines), args.markdown, "formats", "Accuracy per prompt format (benchmarks/formats.py)")
+    title = "Accuracy per prompt format (benchmarks/formats.py)" + (f": {args.method}" if args.section != "formats" else "")
+    publish("\n".join(lines), args.markdown, args.section, title)
 
 
 if __name__ == "__main__":

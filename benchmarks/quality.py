@@ -4,6 +4,7 @@
         [--methods CAA SFT SPLIT SPLIT+KL SPLIT-lora SPLIT-local_weight LoRA]
         [--seeds 0 1 2] [--train-pairs N] [--test-pairs N] [--cached-only]
         [--out benchmarks/results/quality] [--figure docs/quality_frontier.png] [--markdown BENCHMARKS.md]
+        [--section quality]
 
 Each cell (concept x method x seed) trains one intervention from the embedded-model presets on
 the training split minus its last 40 pairs (the first --train-pairs of them) and evaluates it
@@ -55,7 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kl-weight", type=float, default=None, help="override SPLIT+KL's kl_weight")
     p.add_argument("--out", default="benchmarks/results/quality")
     p.add_argument("--figure", default="docs/quality_frontier.png", help="frontier figure ('' = none)")
-    p.add_argument("--markdown", default=None, help="write the tables into this file's quality section")
+    p.add_argument("--markdown", default=None, help="write the tables into this file's --section")
+    p.add_argument("--section", default="quality",
+                   help="the Markdown section to write (a subset of methods gets its own, e.g. quality-tuned)")
     p.add_argument("--cached-only", action="store_true",
                    help="report the cells already computed under --out; train nothing")
     return p.parse_args(argv)
@@ -91,7 +94,8 @@ def reading(cells: list[Evaluation], concepts: list[str], methods: list[str]) ->
     """The three questions answered from the numbers above (computed, never typed)."""
     lines = ["**(a) Test accuracy within +5% held-out perplexity, strength chosen on validation** "
              "(mean ± 95% CI):", ""]
-    split_like = [m for m in ("SPLIT", "SPLIT+KL", "SPLIT-lora", "SPLIT-local_weight") if m in methods]
+    split_like = [m for m in ("SPLIT", "SPLIT+KL", "SPLIT-tuned", "SPLIT-lora", "SPLIT-local_weight")
+                  if m in methods]
     for concept in concepts:
         acc = {m: stat(runs(cells, concept, m), lambda e: e.at_budget(0.05)["accuracy"]) for m in methods}
         acc = {m: v for m, v in acc.items() if math.isfinite(v[0])}
@@ -161,7 +165,8 @@ def main(argv=None) -> None:
               + reading(cells, args.concepts, args.methods))
     print("\n" + report)
     if args.markdown:
-        write_section(args.markdown, "quality", "Quality grid (benchmarks/quality.py)", report)
+        title = "Quality grid (benchmarks/quality.py)" + ("" if args.section == "quality" else f": {args.section}")
+        write_section(args.markdown, args.section, title, report)
         print(f"written to {args.markdown}")
 
 
