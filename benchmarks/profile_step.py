@@ -13,6 +13,10 @@ Every profiled op's self CPU time goes to one bucket, by its name and the shapes
 - Python and dispatch: the run's wall time minus all profiled op time (hooks, loops, the
   trainer's own Python, the profiler's overhead).
 The whole `train()` call is profiled, the one-off prefix pass below the layer included.
+
+Then padding: the share of token slots in the trainer's packed batches that hold padding, per
+bundled concept, as the trainer batches them (shuffled) and as bucketing by length would (pairs
+sorted by packed length, then cut into batches). Padding is the most bucketing could save.
 """
 from __future__ import annotations
 
@@ -28,7 +32,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from _markdown import as_code_block, captured, write_section
-from split_plugin import load_default_model, load_pairs, train
+from split_plugin import TrainConfig, load_default_model, load_pairs, train
+from split_plugin.layers import resolve_layout
+from split_plugin.trainer import _Trainer
+
+CONCEPTS = ("power-seeking", "self-preservation", "optimism")
 
 MOVES = ("copy", "cat", "index", "gather", "scatter", "pad", "slice", "select", "stack", "clone",
          "contiguous", "to", "view", "reshape", "expand", "transpose", "permute", "empty", "zero", "fill")
@@ -77,6 +85,10 @@ def main() -> None:
             train(model, tokenizer, pairs, config)
             wall = time.perf_counter() - start
         report(prof, wall, dims)
+        for concept in CONCEPTS:
+            shuffled, bucketed = padding(model, tokenizer, load_pairs(concept, split="train"), config)
+            print(f"padding in packed training batches, {concept}: {100 * shuffled:.1f}% of token slots "
+                  f"as trained, {100 * bucketed:.1f}% if bucketed by length")
     if args.markdown:
         write_section(args.markdown, "profile", "Where training time goes (benchmarks/profile_step.py)",
                       as_code_block(printed.getvalue()))
@@ -95,6 +107,22 @@ def report(prof, wall: float, dims: dict[str, int]) -> None:
     print(f"train() wall time {wall:.1f} s (profiled)")
     for part, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {part:24s} {seconds:8.3f} s  {100 * seconds / wall:5.1f}%")
+
+
+def padding(model, tokenizer, pairs, config: dict) -> tuple[float, float]:
+    """Padded share of the packed batches' token slots: in the trainer's order, and sorted by length."""
+    trainer = _Trainer(model, tokenizer, pairs, TrainConfig.from_dict(config), resolve_layout(model))
+    lengths, slots = [], 0
+    for key in range(len(trainer.batches)):
+        batch = trainer.scoring_batch(key)
+        real = (batch.attention_mask[:, 0, :, 0] == 0).sum(1) if batch.attention_mask.ndim == 4 \
+            else batch.attention_mask.sum(1)  # packed: every real token attends to the row's first one
+        lengths += real.tolist()
+        slots += batch.input_ids.numel()
+    size = trainer.config.batch_size
+    ordered = sorted(lengths)
+    bucketed = sum(max(ordered[i:i + size]) * len(ordered[i:i + size]) for i in range(0, len(ordered), size))
+    return 1 - sum(lengths) / slots, 1 - sum(lengths) / bucketed
 
 
 if __name__ == "__main__":
