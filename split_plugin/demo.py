@@ -31,7 +31,8 @@ from .trainer import train
 
 #: display name -> preset; the demo runs the first four by default (the two baselines and SPLIT in two forms)
 METHODS = {"CAA": "caa-vector", "SFT": "sft-vector", "SPLIT": "split-vector", "SPLIT-lora": "split-lora",
-           "SPLIT+KL": "split-kl-vector", "SPLIT-local_weight": "split-local_weight"}
+           "SPLIT+KL": "split-kl-vector", "SPLIT-tuned": "split-tuned-vector",
+           "SPLIT-local_weight": "split-local_weight"}
 DEFAULT_METHODS = "CAA,SFT,SPLIT,SPLIT-lora"
 TRAIN_PAIRS = 64     # of the bundled training pairs before the validation ones } a subset, to keep
 VAL_PAIRS = 24       # the last training pairs: they choose each method's strength } the demo short
