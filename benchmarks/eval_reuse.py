@@ -31,7 +31,7 @@ from split_plugin.models import load_default_model
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interventions", required=True, help="a demo report's interventions/ folder")
-    parser.add_argument("--methods", default="CAA,SFT,SPLIT,SPLIT-lora", help="sub-folders, in order")
+    parser.add_argument("--methods", default="CAA,SFT,SPLIT-tuned,SPLIT-lora", help="sub-folders, in order")
     parser.add_argument("--concept", default="optimism", help="the concept the demo ran on")
     parser.add_argument("--flops", action="store_true", help="also count FLOPs (slower)")
     return parser.parse_args()

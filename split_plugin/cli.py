@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports/demo", help="report folder (replaced atomically)")
     p.add_argument("--concept", default="optimism",
                    help="a bundled dataset (optimism, power-seeking, self-preservation)")
-    p.add_argument("--methods", default="CAA,SFT,SPLIT,SPLIT-lora",
-                   help="comma list of CAA, SPLIT, SPLIT-lora, SFT, SPLIT+KL, SPLIT-local_weight")
+    p.add_argument("--methods", default="CAA,SFT,SPLIT-tuned,SPLIT-lora",  # demo.DEFAULT_METHODS (kept lazy)
+                   help="comma list of CAA, SFT, SPLIT, SPLIT-tuned, SPLIT-lora, SPLIT+KL, SPLIT-local_weight")
     p.add_argument("--quick", action="store_true", help="fewer pairs and one epoch (a smoke run)")
     p.set_defaults(func=_demo)
 

@@ -29,11 +29,12 @@ from .models import load_default_model
 from .presets import preset_path
 from .trainer import train
 
-#: display name -> preset; the demo runs the first four by default (the two baselines and SPLIT in two forms)
+#: display name -> preset; by default the demo runs the two baselines and SPLIT in two forms: the tuned
+#: vector recipe (benchmarks/tune.py's choice, see BENCHMARKS.md) and the low-rank update
 METHODS = {"CAA": "caa-vector", "SFT": "sft-vector", "SPLIT": "split-vector", "SPLIT-lora": "split-lora",
            "SPLIT+KL": "split-kl-vector", "SPLIT-tuned": "split-tuned-vector",
            "SPLIT-local_weight": "split-local_weight"}
-DEFAULT_METHODS = "CAA,SFT,SPLIT,SPLIT-lora"
+DEFAULT_METHODS = "CAA,SFT,SPLIT-tuned,SPLIT-lora"
 TRAIN_PAIRS = 64     # of the bundled training pairs before the validation ones } a subset, to keep
 VAL_PAIRS = 24       # the last training pairs: they choose each method's strength } the demo short
 TEST_PAIRS = 48      # of the 64 bundled test pairs                               } on 2 CPU cores

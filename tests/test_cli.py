@@ -244,3 +244,12 @@ def test_cli_sweep_bad_multipliers(cli_env, capsys, multipliers, message):
                                  multipliers, "--out", tmp / "report", "--no-heldout", "--no-progress"])
     assert code == 2 and err.count("\n") == 1 and __import__("re").search(message, err), err
     assert not (tmp / "report").exists()
+
+
+def test_demo_default_methods_match_the_demo_module():
+    """The CLI spells the demo's default out (its --help imports no torch); the two must agree."""
+    from split_plugin import demo
+
+    args = cli.build_parser().parse_args(["demo"])
+    assert args.methods == demo.DEFAULT_METHODS
+    demo.parse_methods(args.methods)  # every default name is a known method
