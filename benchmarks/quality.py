@@ -99,9 +99,10 @@ def reading(cells: list[Evaluation], concepts: list[str], methods: list[str]) ->
     for concept in concepts:
         acc = {m: stat(runs(cells, concept, m), lambda e: e.at_budget(0.05)["accuracy"]) for m in methods}
         acc = {m: v for m, v in acc.items() if math.isfinite(v[0])}
+        val = {m: stat(runs(cells, concept, m), lambda e: e.at_budget(0.05)["val_accuracy"])[0] for m in acc}
         if acc:
             lines.append(f"- {concept}: " + ", ".join(f"{m} {fmt(*v)}" for m, v in acc.items()) + "."
-                         + _split_verdict(acc, split_like))
+                         + _split_verdict(acc, val, split_like))
     lines += ["", "**(b) Held-out perplexity change at the largest multiplier each method was trained at**:", ""]
     for concept in concepts:
         ppl = {m: stat(runs(cells, concept, m), lambda e: top_trained(e)["ppl_increase"]) for m in methods}
@@ -121,9 +122,9 @@ def reading(cells: list[Evaluation], concepts: list[str], methods: list[str]) ->
     return "\n".join(lines) + "\n"
 
 
-def _split_verdict(acc: dict, split_like: list[str]) -> str:
-    """The best SPLIT variant against CAA and SFT: above in the mean, and do the intervals separate?"""
-    best = max((m for m in split_like if m in acc), key=lambda m: acc[m][0], default=None)
+def _split_verdict(acc: dict, val: dict, split_like: list[str]) -> str:
+    """The SPLIT variant best on validation against CAA and SFT on test: above in the mean, do the intervals separate?"""
+    best = max((m for m in split_like if m in acc), key=lambda m: val[m], default=None)
     if best is None:
         return ""
     above = [m for m in ("CAA", "SFT") if m in acc and acc[best][0] > acc[m][0]]
@@ -133,7 +134,7 @@ def _split_verdict(acc: dict, split_like: list[str]) -> str:
     else:
         spread = (f", with non-overlapping intervals against {', '.join(clear)}" if clear
                   else ", but the intervals overlap" if above else "")
-    return f" Best SPLIT variant: {best}; above {', '.join(above) or 'neither CAA nor SFT'} in the mean{spread}."
+    return f" Best SPLIT variant (on validation): {best}; above {', '.join(above) or 'neither CAA nor SFT'} in the mean{spread}."
 
 
 def header(args, cells: list[Evaluation]) -> str:

@@ -90,7 +90,7 @@ def test_quality_reading_compares_split_with_caa_and_sft_at_five_percent():
     cells += [cell("CAA", s, step((0.01, 0.6))) for s in (0, 1, 2)]
     text = quality.reading(cells, ["c"], ["CAA", "SPLIT"])
     assert "- c: CAA 0.600 ± 0.000, SPLIT 0.750 ± 0.124." in text
-    assert "Best SPLIT variant: SPLIT; above CAA in the mean, with non-overlapping intervals against CAA." in text
+    assert "Best SPLIT variant (on validation): SPLIT; above CAA in the mean, with non-overlapping intervals against CAA." in text
     assert "(b) Held-out perplexity change at the largest multiplier" in text and "SPLIT 3.0% ± 0.0%" in text
 
 
@@ -232,6 +232,18 @@ def test_claims_compute_verdicts_from_the_cells():
     assert "(SPLIT vector − CAA, test accuracy within +5%, 2 seeds): 0.300 ± 0.000 → holds" in text  # CAA: +8% at s = 0.02
     assert "576 vs 8448 parameters; accuracy difference within +5%, 2 seeds): -0.050 ± 0.000 → does not hold" in text
     assert "preference R² n/a" in text and "→ not measured" in text  # flat fake curves: no fit
+
+
+def test_claims_pick_the_learned_vector_on_validation_not_on_test():
+    import claims
+
+    # SPLIT-tuned is better on validation, plain SPLIT on test: the test split must not choose
+    tuned = [cell("SPLIT-tuned", s, step((0.01, 0.8)), test_acc=step((0.01, 0.6))) for s in (0, 1)]
+    plain = [cell("SPLIT", s, step((0.01, 0.7)), test_acc=step((0.01, 0.9))) for s in (0, 1)]
+    caa = [cell("CAA", s, step((0.02, 0.55))) for s in (0, 1)]
+    text = "\n".join(claims.claim_lines(tuned + plain + caa, "c"))
+    assert "(SPLIT-tuned vector − CAA, test accuracy within +5%, 2 seeds): 0.050 ± 0.000 → does not hold" in text
+    assert "(SPLIT-tuned, the best SPLIT form here)" in text
 
 
 def test_formats_table_reports_each_format_and_the_bare_gain_kept():
