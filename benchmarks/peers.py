@@ -52,6 +52,7 @@ import argparse
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _cells  # noqa: E402  (our methods' cells, their splits and cache, shared with quality.py)
@@ -87,6 +88,16 @@ def quality_args(args) -> argparse.Namespace:
                               kl_weight=None)
 
 
+def cell_paths(qargs, reft, out: Path, qout: Path) -> Callable[[str, str, int], Path]:
+    """Where a cell lives: ours under quality.py's own names in its folder (the grids share them), peers under out."""
+    ours = _cells.cell_path(qargs, qout)
+    tag = f"{_cells.cell_tag(qargs)}-r{reft.rank}-e{reft.epochs}-lr{reft.lr:g}-b{reft.batch_size}"
+
+    def path_of(concept: str, method: str, seed: int) -> Path:
+        return ours(concept, method, seed) if method in OURS else out / f"{tag}-{concept}-{method}-{seed}.json"
+    return path_of
+
+
 def run_cell(concept: str, method: str, seed: int, qargs, reft, text: str) -> Evaluation:
     """One cell on a freshly loaded model: pyvene clears every forward hook of the model it wraps,
     including the ones transformers uses to return hidden states, so no cell may see what an earlier
@@ -114,13 +125,7 @@ def main(argv=None) -> None:
     qargs = quality_args(args)
     reft = SimpleNamespace(rank=args.reft_rank, epochs=args.reft_epochs, lr=args.reft_lr,
                            batch_size=args.reft_batch_size)
-    tag = (f"{_cells.cell_tag(qargs)}-r{reft.rank}-e{reft.epochs}-lr{reft.lr:g}-b{reft.batch_size}")
-
-    def path_of(concept: str, method: str, seed: int) -> Path:
-        if method in OURS:
-            return qout / f"{_cells.cell_tag(qargs)}-{concept}-{method}-{seed}.json"
-        return out / f"{tag}-{concept}-{method}-{seed}.json"
-
+    path_of = cell_paths(qargs, reft, out, qout)
     # seed-major: a run cut short still covers every concept and method with the seeds it got to
     grid = [(c, m, s) for s in args.seeds for c in args.concepts for m in args.methods]
     cells = _cells.collect(grid, path_of, lambda c, m, s: run_cell(c, m, s, qargs, reft, text),

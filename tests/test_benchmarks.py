@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -267,3 +268,13 @@ def test_formats_table_reports_each_format_and_the_bare_gain_kept():
     table = "\n".join(formats.table([e]))
     assert "| c | mixed formats | 1 | 0.900 | 0.700 | 50% |" in table
     assert "| c | (unsteered) | | 0.500 | 0.500 | |" in table
+
+
+def test_peers_read_our_cells_under_the_quality_grids_file_names(tmp_path):
+    import peers
+
+    qargs = peers.quality_args(SimpleNamespace(train_pairs=96, test_pairs=None))
+    reft = SimpleNamespace(rank=4, epochs=2, lr=4e-3, batch_size=4)
+    path_of = peers.cell_paths(qargs, reft, tmp_path / "peers", tmp_path / "quality")
+    assert path_of("optimism", "SPLIT-tuned", 1) == _cells.cell_path(qargs, tmp_path / "quality")("optimism", "SPLIT-tuned", 1)
+    assert path_of("optimism", "pyreft-NoReFT", 1).parent == tmp_path / "peers"
