@@ -87,9 +87,9 @@ def table(cells: list[Evaluation]) -> list[str]:
             if not mine:
                 continue
             accs = [np.mean([c.at_budget(BUDGET, f)["accuracy"] for c in mine]) for f in formats]
-            kept = np.nanmean([gain_kept(c, "bare") for c in mine])
+            kept = [k for k in (gain_kept(c, "bare") for c in mine) if np.isfinite(k)]
             lines.append(f"| {concept} | {training} | {len(mine)} | " + " | ".join(f"{a:.3f}" for a in accs)
-                         + f" | {kept:.0%} |")
+                         + f" | {f'{np.mean(kept):.0%}' if kept else 'n/a (no in-format gain)'} |")
     return lines
 
 
