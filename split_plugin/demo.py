@@ -178,7 +178,8 @@ def run_demo(out_dir: str | Path = "reports/demo", concept: str = "optimism", qu
         table = _markdown_table(rows)
         (tmp / "generations.md").write_text(_generations(model, tokenizer, runs, prompts), encoding="utf-8")
         for run in runs:  # small: kept so `split-steer sweep` can re-analyse them
-            run.intervention.save_pretrained(str(tmp / "interventions" / run.name))
+            run.intervention.save_pretrained(str(tmp / "interventions" / run.name),
+                                             card_folder=str(out_dir / "interventions" / run.name))
             run.evaluation.to_json(tmp / "interventions" / run.name / "evaluation.json")
         stages["report and generations"] = time.perf_counter() - written
         timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages.items())

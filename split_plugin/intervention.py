@@ -186,10 +186,14 @@ class Intervention(nn.Module):
         steering.unfold(self, model)
 
     # -- persistence (see serialization.py) -----------------------------------------------
-    def save_pretrained(self, directory: str) -> None:
-        """Write `config.json` + `intervention.safetensors` atomically into `directory`."""
+    def save_pretrained(self, directory: str, card_folder: str | None = None) -> None:
+        """Write `config.json` + `intervention.safetensors` atomically into `directory`.
+
+        `card_folder`: the path the model card's loading snippet quotes (default `directory`), for
+        a folder written inside a temporary one that is moved into place afterwards.
+        """
         from .serialization import save_intervention
-        save_intervention(self, directory)
+        save_intervention(self, directory, card_folder)
 
     @classmethod
     def from_pretrained(cls, directory: str) -> "Intervention":

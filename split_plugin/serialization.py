@@ -31,7 +31,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save_intervention(intervention: Intervention, directory: str | Path) -> None:
+def save_intervention(intervention: Intervention, directory: str | Path, card_folder: str | None = None) -> None:
     """Write config.json (form, layer, shapes, version, checksum) and the tensors, atomically."""
     tensors = {name: p.detach().to(torch.float32).cpu().contiguous()
                for name, p in intervention.named_parameters()}
@@ -42,7 +42,7 @@ def save_intervention(intervention: Intervention, directory: str | Path) -> None
                   "tensors": {k: list(v.shape) for k, v in tensors.items()},
                   "sha256": _sha256(tmp / WEIGHTS_NAME), **({"card": card} if card else {})}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        write_card(tmp, intervention, "split-plugin", folder_name=str(directory))
+        write_card(tmp, intervention, "split-plugin", folder_name=str(card_folder or directory))
 
 
 def load_intervention(directory: str | Path) -> Intervention:

@@ -20,6 +20,9 @@ def test_demo_report_has_every_method_side_by_side(tmp_path):
     for name in ("README.md", "generations.md", "protocol.png", "sweep/report.md",
                  "interventions/SPLIT-lora/config.json"):
         assert (out / name).stat().st_size > 0
+    card = (out / "interventions" / "SPLIT-lora" / "README.md").read_text(encoding="utf-8")
+    assert f'from_pretrained("{out / "interventions" / "SPLIT-lora"}")' in card  # the final folder, not the temp one
+    assert ".tmp" not in card
     readme = (out / "README.md").read_text(encoding="utf-8")
     assert "| SPLIT-lora |" in readme and "split-steer demo --quick --concept optimism" in readme
     assert all(f"{stage} " in readme for stage in ("training", "evaluation", "report and generations"))
