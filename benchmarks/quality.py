@@ -114,7 +114,7 @@ def reading(cells: list[Evaluation], concepts: list[str], methods: list[str]) ->
         for concept in concepts:
             rows = [f"{m} {evals[0].params} parameters, accuracy "
                     f"{fmt(*stat(evals, lambda e: e.at_budget(0.05)['accuracy']))}"
-                    for m in ("SPLIT", "SPLIT+KL", "LoRA", "SPLIT-lora") if (evals := runs(cells, concept, m))]
+                    for m in ("SPLIT", "SPLIT+KL", "SPLIT-tuned", "LoRA", "SPLIT-lora") if (evals := runs(cells, concept, m))]
             if len(rows) > 1 and any(r.startswith("LoRA ") for r in rows):
                 lines.append(f"- {concept}: " + "; ".join(rows) + ".")
         if len(lines) > header_at:
