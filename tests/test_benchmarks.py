@@ -139,8 +139,19 @@ def test_peers_reading_says_whether_split_beats_every_peer():
     lines = "\n".join(_peer_report.reading(_peer_report.summarize(peer_cells(curves), list(curves)), 0.5))
     assert ("SPLIT (best form: SPLIT-lora, 0.850) beats every peer's test accuracy within +5% perplexity "
             "(repeng, 0.800).") in lines
-    assert "- Within +2% perplexity: best of ours SPLIT-lora 0.800, best peer repeng 0.800" in lines
+    assert "- Within +2% perplexity (each side's best on validation): ours SPLIT-lora 0.800, peer repeng 0.800" in lines
     assert "SPLIT-lora over" not in lines  # speed lines compare trained methods with pyreft only
+
+
+def test_peers_pick_each_sides_best_on_validation_not_on_test():
+    # SPLIT is better on validation, SPLIT-lora on test: the summary names SPLIT
+    cells = [cell("SPLIT", s, step((0.01, 0.9)), test_acc=step((0.01, 0.6))) for s in (0, 1)]
+    cells += [cell("SPLIT-lora", s, step((0.01, 0.7)), test_acc=step((0.01, 0.95))) for s in (0, 1)]
+    cells += [cell("repeng", s, step((0.01, 0.8))) for s in (0, 1)]
+    for c in cells:
+        c.extra["train_sequences"] = 16
+    stats = _peer_report.summarize(cells, ["SPLIT", "SPLIT-lora", "repeng"])
+    assert _peer_report.best_at(stats, ["SPLIT", "SPLIT-lora"], 0.05) == "SPLIT"
 
 
 def test_blown_up_perplexity_reads_as_a_factor():
