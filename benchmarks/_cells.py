@@ -33,6 +33,8 @@ METHODS = {
     "SPLIT-local_weight": ("split-local_weight", {}),
     "LoRA": ("sft-lora", {}),
 }
+#: the SPLIT objective's variants among METHODS: "the best SPLIT form" is picked from these on validation
+SPLIT_VARIANTS = ("SPLIT", "SPLIT+KL", "SPLIT-tuned", "SPLIT-lora", "SPLIT-local_weight")
 
 
 def add_grid_arguments(p: argparse.ArgumentParser, methods: list[str]) -> None:
@@ -174,6 +176,15 @@ def collect(grid: Sequence[tuple[str, str, int]], path_of: Callable[[str, str, i
 def runs(cells: list[Evaluation], concept: str, method: str) -> list[Evaluation]:
     """The cells of one method on one concept, one per seed."""
     return [c for c in cells if c.extra["concept"] == concept and c.name == method]
+
+
+def best_on_validation(cells: list[Evaluation], concept: str, methods: Sequence[str],
+                       budget: float = 0.05) -> str | None:
+    """The method among `methods` with cells on `concept` whose mean validation accuracy at the
+    budget's choice is highest (first on ties): variants are picked there, the test split picks nothing."""
+    present = [m for m in methods if runs(cells, concept, m)]
+    return max(present, key=lambda m: np.mean([e.at_budget(budget)["val_accuracy"] for e in runs(cells, concept, m)]),
+               default=None)
 
 
 def at_m1(e: Evaluation) -> dict:

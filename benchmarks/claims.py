@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (its command line: claims reads the cells of the same grid)
-from _cells import cell_path, collect, runs, top_trained  # noqa: E402
+from _cells import SPLIT_VARIANTS, best_on_validation, cell_path, collect, runs, top_trained  # noqa: E402
 from _intervals import fmt, mean_ci, stat  # noqa: E402
 from _markdown import command, publish  # noqa: E402
 
@@ -27,17 +27,11 @@ from split_plugin.analysis.protocol import Evaluation  # noqa: E402
 
 BUDGET = 0.05
 CLAIMED_GAIN = 0.08  # "learned vectors beat contrastive-pair vectors by 8-12 points"
-SPLIT_FORMS = ("SPLIT", "SPLIT-tuned", "SPLIT-lora", "SPLIT-local_weight", "SPLIT+KL")
 SPLIT_VECTORS = ("SPLIT", "SPLIT-tuned", "SPLIT+KL")  # the learned vectors the contrastive-vector claim is about
 
 
 def acc(e: Evaluation) -> float:
     return e.at_budget(BUDGET)["accuracy"]
-
-
-def val_acc(e: Evaluation) -> float:
-    """Validation accuracy at the +5% choice: what picks a method's best variant (the test split picks nothing)."""
-    return e.at_budget(BUDGET)["val_accuracy"]
 
 
 def ppl_at_strength(e: Evaluation, strength: float) -> float:
@@ -55,19 +49,13 @@ def paired(cells, concept: str, a: str, b: str, pick) -> tuple[float, float, int
     return (*mean_ci(diffs), len(diffs))
 
 
-def best_of(cells, concept: str, methods) -> str | None:
-    """The method among `methods` with cells here whose mean validation accuracy at +5% is highest."""
-    present = [m for m in methods if runs(cells, concept, m)]
-    return max(present, key=lambda m: stat(runs(cells, concept, m), val_acc)[0], default=None)
-
-
 def verdict(ok: bool | None) -> str:
     return {True: "holds", False: "does not hold", None: "not measured"}[ok]
 
 
 def claim_lines(cells, concept: str) -> list[str]:
     f = fmt
-    lines, best = [f"##### {concept}", ""], best_of(cells, concept, SPLIT_FORMS)
+    lines, best = [f"##### {concept}", ""], best_on_validation(cells, concept, SPLIT_VARIANTS, BUDGET)
     if best is None:
         return lines + ["No SPLIT cells yet.", ""]
     top = stat(runs(cells, concept, best), lambda e: top_trained(e)["ppl_increase"])
@@ -81,16 +69,16 @@ def claim_lines(cells, concept: str) -> list[str]:
         lines.append(f"- **Naive steering breaks perplexity where SPLIT does not**: CAA at the same relative "
                      f"strength as {best}'s largest trained multiplier: {f(*naive, pct=True)}, against "
                      f"{f(*top, pct=True)} → {verdict(naive[0] > top[0])} (paper: +40% vs < 5%).")
-    vector = best_of(cells, concept, SPLIT_VECTORS)
+    vector = best_on_validation(cells, concept, SPLIT_VECTORS, BUDGET)
     if vector and runs(cells, concept, "CAA"):
         gain, half, n = paired(cells, concept, vector, "CAA", acc)
         lines.append(f"- **Learned vectors beat contrastive ones by 8-12 points** ({vector} vector − CAA, test "
                      f"accuracy within +5%, {n} seeds): {f(gain, half)} → {verdict(gain >= CLAIMED_GAIN)}.")
     lora = runs(cells, concept, "LoRA")
-    small = [m for m in SPLIT_FORMS if runs(cells, concept, m) and lora
+    small = [m for m in SPLIT_VARIANTS if runs(cells, concept, m) and lora
              and 3 * runs(cells, concept, m)[0].params <= lora[0].params]
     if small:
-        m = best_of(cells, concept, small)
+        m = best_on_validation(cells, concept, small, BUDGET)
         gap, half, n = paired(cells, concept, m, "LoRA", acc)
         lines.append(f"- **SPLIT matches LoRA with 3x fewer parameters** ({m}, {runs(cells, concept, m)[0].params} "
                      f"vs {lora[0].params} parameters; accuracy difference within +5%, {n} seeds): {f(gap, half)} → "

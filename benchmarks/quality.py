@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cells import (METHODS, add_grid_arguments, at_m1, cell_path, collect, protocol_line, run_cell,  # noqa: E402
-                    runs, top_trained, unsteered)
+from _cells import (METHODS, SPLIT_VARIANTS, add_grid_arguments, at_m1, best_on_validation, cell_path,  # noqa: E402
+                    collect, protocol_line, run_cell, runs, top_trained, unsteered)
 from _frontier import frontier_curves, plot_frontier  # noqa: E402
 from _intervals import fmt, stat  # noqa: E402
 from _markdown import write_section  # noqa: E402
@@ -94,15 +94,13 @@ def reading(cells: list[Evaluation], concepts: list[str], methods: list[str]) ->
     """The three questions answered from the numbers above (computed, never typed)."""
     lines = ["**(a) Test accuracy within +5% held-out perplexity, strength chosen on validation** "
              "(mean ± 95% CI):", ""]
-    split_like = [m for m in ("SPLIT", "SPLIT+KL", "SPLIT-tuned", "SPLIT-lora", "SPLIT-local_weight")
-                  if m in methods]
     for concept in concepts:
         acc = {m: stat(runs(cells, concept, m), lambda e: e.at_budget(0.05)["accuracy"]) for m in methods}
         acc = {m: v for m, v in acc.items() if math.isfinite(v[0])}
-        val = {m: stat(runs(cells, concept, m), lambda e: e.at_budget(0.05)["val_accuracy"])[0] for m in acc}
+        best = best_on_validation(cells, concept, [m for m in SPLIT_VARIANTS if m in acc])
         if acc:
             lines.append(f"- {concept}: " + ", ".join(f"{m} {fmt(*v)}" for m, v in acc.items()) + "."
-                         + _split_verdict(acc, val, split_like))
+                         + _split_verdict(acc, best))
     lines += ["", "**(b) Held-out perplexity change at the largest multiplier each method was trained at**:", ""]
     for concept in concepts:
         ppl = {m: stat(runs(cells, concept, m), lambda e: top_trained(e)["ppl_increase"]) for m in methods}
@@ -122,9 +120,8 @@ def reading(cells: list[Evaluation], concepts: list[str], methods: list[str]) ->
     return "\n".join(lines) + "\n"
 
 
-def _split_verdict(acc: dict, val: dict, split_like: list[str]) -> str:
+def _split_verdict(acc: dict, best: str | None) -> str:
     """The SPLIT variant best on validation against CAA and SFT on test: above in the mean, do the intervals separate?"""
-    best = max((m for m in split_like if m in acc), key=lambda m: val[m], default=None)
     if best is None:
         return ""
     above = [m for m in ("CAA", "SFT") if m in acc and acc[best][0] > acc[m][0]]
