@@ -258,8 +258,9 @@ def test_claims_pick_the_learned_vector_on_validation_not_on_test():
     assert "(SPLIT-tuned, the best SPLIT form here)" in text
 
 
-@pytest.mark.parametrize("instructed, kept", [(0.9, "50%"), (0.5, "n/a (no in-format gain)")])
-def test_formats_table_reports_each_format_and_the_bare_gain_kept(instructed, kept):
+@pytest.mark.parametrize("instructed, gain, kept", [(0.9, 0.2 / 0.4, "50%"),
+                                                     (0.5, float("nan"), "n/a (no in-format gain)")])
+def test_formats_table_reports_each_format_and_the_bare_gain_kept(instructed, gain, kept):
     import formats
 
     def score(pairs, multipliers, text):
@@ -276,6 +277,7 @@ def test_formats_table_reports_each_format_and_the_bare_gain_kept(instructed, ke
     tests = {"instructed": Named("instructed"), "bare": Named("bare")}
     e = evaluate_with(score, 0.01, [1.0], Named("val"), tests, "prose", name="mixed formats")
     e.extra.update(concept="c", training="mixed formats", seed=0)
+    assert formats.gain_kept(e, "bare") == pytest.approx(gain, nan_ok=True)
     table = "\n".join(formats.table([e]))
     assert f"| c | mixed formats | 1 | {instructed:.3f} | 0.700 | {kept} |" in table
     assert "| c | (unsteered) | | 0.500 | 0.500 | |" in table
