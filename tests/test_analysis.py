@@ -75,6 +75,27 @@ def test_cached_sweep_equals_naive(arch, form):
     assert hooked_modules(model) == []
 
 
+def test_pairs_are_batched_by_length_and_scores_come_back_in_input_order(monkeypatch):
+    """Batches hold pairs of like length; each pair's scores equal those of the pair swept alone."""
+    import split_plugin.analysis.sweeping as sweeping
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    pairs = [ContrastivePair(f"Q{i}" + " more words" * (7 * i % 5), "Yes" + "!" * (i % 4), "No") for i in range(7)]
+    intervention = _random_intervention(model, "vector")
+    batches, encode = [], sweeping.encode_pairs
+    monkeypatch.setattr(sweeping, "encode_pairs", lambda tok_, ps, **kw: batches.append(ps) or encode(tok_, ps, **kw))
+    together = sweep(model, tok, intervention, pairs, MS, batch_size=3, bootstrap=0, progress=False)
+    def packed_length(pair):  # prompt once, both answers
+        enc = encode(tok, [pair])
+        return int(enc.attention_mask.sum() - enc.prompt_lengths[0])
+
+    swept = [p for b in batches[1:] for p in b]  # batches[0]: the whole list, encoded to order it
+    assert swept != pairs and sorted(swept, key=packed_length) == swept
+    alone = np.concatenate([raw_logprobs(sweep(model, tok, intervention, [p], MS, bootstrap=0, progress=False))
+                            for p in pairs], axis=1)
+    assert np.abs(raw_logprobs(together) - alone).max() < 1e-4
+
+
 def test_packing_falls_back_with_a_warning_when_it_disagrees(monkeypatch):
     sweep_module = importlib.import_module("split_plugin.analysis.sweeping")  # the module, not the function
     real = sweep_module.pack_pairs

@@ -4,8 +4,8 @@ For each batch the layers below the intervention's layer run once (`capture_pref
 layers from L upward then run once per group of k multipliers, with the batch stacked k
 times and the intervention applied with a per-row multiplier (copy j of the batch gets
 multiplier j), and the LM head runs only where a scored token is predicted. Both answers of
-a pair share one packed row, so their common prompt runs once (see packing.py). `naive=True`
-runs the plain full forward per multiplier instead (same numbers up to float rounding).
+a pair share one packed row, so their common prompt runs once (see packing.py), and pairs are
+batched in order of length, so batches carry little padding. `naive=True` runs the plain full forward per multiplier instead (same numbers up to float rounding).
 """
 from __future__ import annotations
 
@@ -177,18 +177,36 @@ class _Scorer:
         return scores.view(k, batch.output_rows)
 
 
+def _by_length(tokenizer, pairs: list[ContrastivePair], max_length: int, system_prompt: str | None) -> list[int]:
+    """Pair indices ordered by packed length (prompt + both answers; stable on ties).
+
+    Batching pairs of like length cuts the padding a batch carries (6-7% of the token slots of
+    the bundled concepts' pairs in input order, about 1% sorted); the scores do not depend on it.
+    """
+    enc = encode_pairs(tokenizer, pairs, max_length=max_length, system_prompt=system_prompt)
+    tokens = enc.attention_mask.sum(1)
+    packed = (tokens[0::2] + tokens[1::2] - enc.prompt_lengths[0::2]).tolist()
+    return sorted(range(len(pairs)), key=packed.__getitem__)
+
+
 def _score_pairs(scorer: _Scorer, tokenizer, pairs: list[ContrastivePair], batch_size: int,
                  max_length: int, system_prompt: str | None, progress: bool):
-    """[M, 2N] log-prob sums and [2N] token counts (row 2i positive, 2i+1 negative)."""
+    """[M, 2N] log-prob sums and [2N] token counts (row 2i positive, 2i+1 negative), in input order;
+    the batches are cut from the pairs sorted by length."""
+    order = _by_length(tokenizer, pairs, max_length, system_prompt)
     scores, counts = [], []
     starts = range(0, len(pairs), batch_size)
     for start in tqdm(starts, desc="sweep pairs", disable=not progress, leave=False):
-        batch = encode_pairs(tokenizer, pairs[start:start + batch_size], max_length=max_length,
-                             system_prompt=system_prompt)
+        batch = encode_pairs(tokenizer, [pairs[i] for i in order[start:start + batch_size]],
+                             max_length=max_length, system_prompt=system_prompt)
         s, c = scorer(batch.input_ids, batch.attention_mask, batch.labels, pairs=batch)
         scores.append(s.double().cpu())
         counts.append(c.cpu())
-    return torch.cat(scores, dim=1), torch.cat(counts)
+    rows = torch.tensor([[2 * i, 2 * i + 1] for i in order]).flatten()  # where each scored row belongs
+    logp, count = torch.cat(scores, dim=1), torch.cat(counts)
+    out_logp, out_count = torch.empty_like(logp), torch.empty_like(count)
+    out_logp[:, rows], out_count[rows] = logp, count
+    return out_logp, out_count
 
 
 def _perplexity(scorer: _Scorer, tokenizer, text: str, batch_size: int, max_length: int,
