@@ -8,6 +8,8 @@ to 10 on test pairs of a bundled dataset, once with `sweep(..., naive=True)` (a 
 with full logits per multiplier) and once with the default path (prefix below the layer run
 once per batch, several multipliers stacked in one pass, LM head at answer positions only).
 Both must agree; the script prints both times and the ratio naive / ours, then the fits.
+Ours is also timed with its batches cut in input order instead of by length (runs alternate,
+two each, medians), with the padding share of both batchings.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import shlex
 import sys
 import time
 from datetime import date
+from unittest import mock
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from _markdown import as_code_block, captured, write_section
 from split_plugin import Intervention
 from split_plugin.analysis import concept_direction, sweep
 from split_plugin.forward import layer_outputs
+from split_plugin.analysis import sweeping
 from split_plugin.analysis.sweeping import raw_logprobs
 from split_plugin.data import encode_pairs, load_pairs
 from split_plugin.layers import resolve_layout
@@ -68,7 +72,7 @@ def timed(label: str, **kwargs):
     start = time.perf_counter()
     result = sweep(**kwargs)
     seconds = time.perf_counter() - start
-    print(f"{label:>6}: {seconds:8.2f} s")
+    print(f"{label:>17}: {seconds:8.2f} s")
     return result, seconds
 
 
@@ -109,7 +113,41 @@ def measure(args: argparse.Namespace) -> None:
         print(f"max relative perplexity difference = {ppl_diff:.2e}")
     assert diff < 1e-3, "the cached-prefix sweep disagrees with the naive one"
     print(f"speed-up naive / ours = {t_naive / t_ours:.2f}x")
+    compare_orders(common, pairs, args, t_ours)
     report_fit(ours)
+
+
+def padding_share(tokenizer, pairs, order: list[int], batch_size: int) -> float:
+    """Padding slots / all slots of the packed batches (prompt once, both answers) cut in `order`."""
+    enc = encode_pairs(tokenizer, pairs)
+    tokens = enc.attention_mask.sum(1)
+    packed = (tokens[0::2] + tokens[1::2] - enc.prompt_lengths[0::2]).tolist()
+    lengths = [packed[i] for i in order]
+    batches = [lengths[i:i + batch_size] for i in range(0, len(lengths), batch_size)]
+    return 1 - sum(lengths) / sum(max(b) * len(b) for b in batches)
+
+
+def compare_orders(common: dict, pairs, args, first: float) -> None:
+    """Batches by length (ours) vs in input order, alternating runs; medians and padding shares."""
+    def input_order(tokenizer, pairs, *rest):
+        return list(range(len(pairs)))
+
+    def run(label: str) -> float:
+        return timed(label, pairs=pairs, max_rows=args.max_rows, **common)[1]
+
+    def run_in_order() -> float:
+        with mock.patch.object(sweeping, "_by_length", input_order):
+            return run("ours, input order")
+
+    in_order = [run_in_order()]
+    by_length = [first, run("ours")]
+    in_order.append(run_in_order())
+    tokenizer = common["tokenizer"]
+    sorted_order = sweeping._by_length(tokenizer, pairs, 256, None)
+    print(f"padding slots: {padding_share(tokenizer, pairs, list(range(len(pairs))), args.batch_size):.1%} "
+          f"in input order, {padding_share(tokenizer, pairs, sorted_order, args.batch_size):.1%} by length")
+    print(f"batches by length / input order: {np.median(in_order) / np.median(by_length):.2f}x "
+          f"(medians of {len(by_length)} and {len(in_order)} runs)")
 
 
 def report_fit(result) -> None:
