@@ -28,11 +28,12 @@ import torch
 from _markdown import as_code_block, captured, write_section
 from split_plugin import Intervention
 from split_plugin.analysis import concept_direction, sweep
-from split_plugin.forward import layer_outputs
 from split_plugin.analysis import sweeping
 from split_plugin.analysis.sweeping import raw_logprobs
+from split_plugin.forward import layer_outputs
 from split_plugin.data import encode_pairs, load_pairs
 from split_plugin.layers import resolve_layout
+from split_plugin.packing import packed_lengths
 from split_plugin.models import load_default_model
 
 
@@ -117,12 +118,9 @@ def measure(args: argparse.Namespace) -> None:
     report_fit(ours)
 
 
-def padding_share(tokenizer, pairs, order: list[int], batch_size: int) -> float:
-    """Padding slots / all slots of the packed batches (prompt once, both answers) cut in `order`."""
-    enc = encode_pairs(tokenizer, pairs)
-    tokens = enc.attention_mask.sum(1)
-    packed = (tokens[0::2] + tokens[1::2] - enc.prompt_lengths[0::2]).tolist()
-    lengths = [packed[i] for i in order]
+def padding_share(lengths: list[int], order: list[int], batch_size: int) -> float:
+    """Padding slots / all slots of packed batches of `batch_size` pairs cut in `order`."""
+    lengths = [lengths[i] for i in order]
     batches = [lengths[i:i + batch_size] for i in range(0, len(lengths), batch_size)]
     return 1 - sum(lengths) / sum(max(b) * len(b) for b in batches)
 
@@ -143,9 +141,10 @@ def compare_orders(common: dict, pairs, args, first: float) -> None:
     by_length = [first, run("ours")]
     in_order.append(run_in_order())
     tokenizer = common["tokenizer"]
+    lengths = packed_lengths(encode_pairs(tokenizer, pairs))
     sorted_order = sweeping._by_length(tokenizer, pairs, 256, None)
-    print(f"padding slots: {padding_share(tokenizer, pairs, list(range(len(pairs))), args.batch_size):.1%} "
-          f"in input order, {padding_share(tokenizer, pairs, sorted_order, args.batch_size):.1%} by length")
+    print(f"padding slots: {padding_share(lengths, list(range(len(pairs))), args.batch_size):.1%} "
+          f"in input order, {padding_share(lengths, sorted_order, args.batch_size):.1%} by length")
     print(f"batches by length / input order: {np.median(in_order) / np.median(by_length):.2f}x "
           f"(medians of {len(by_length)} and {len(in_order)} runs)")
 

@@ -43,6 +43,12 @@ def pack_pairs(batch: PairBatch, dtype: torch.dtype, pad_id: int = 0,
     return _build(parts, width, dtype, pad_id, batch.input_ids.device)
 
 
+def packed_lengths(batch: PairBatch) -> list[int]:
+    """Tokens of each pair's packed row: its prompt once and both answers."""
+    tokens = batch.attention_mask.sum(1)
+    return (tokens[0::2] + tokens[1::2] - batch.prompt_lengths[0::2]).tolist()
+
+
 def _row(batch: PairBatch, row: int) -> tuple[torch.Tensor, int]:
     """(the row's tokens without padding, its prompt length)."""
     return batch.input_ids[row][batch.attention_mask[row].bool()], int(batch.prompt_lengths[row])

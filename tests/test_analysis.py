@@ -85,6 +85,7 @@ def test_pairs_are_batched_by_length_and_scores_come_back_in_input_order(monkeyp
     batches, encode = [], sweeping.encode_pairs
     monkeypatch.setattr(sweeping, "encode_pairs", lambda tok_, ps, **kw: batches.append(ps) or encode(tok_, ps, **kw))
     together = sweep(model, tok, intervention, pairs, MS, batch_size=3, bootstrap=0, progress=False)
+
     def packed_length(pair):  # prompt once, both answers
         enc = encode(tok, [pair])
         return int(enc.attention_mask.sum() - enc.prompt_lengths[0])

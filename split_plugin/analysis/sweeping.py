@@ -5,7 +5,8 @@ layers from L upward then run once per group of k multipliers, with the batch st
 times and the intervention applied with a per-row multiplier (copy j of the batch gets
 multiplier j), and the LM head runs only where a scored token is predicted. Both answers of
 a pair share one packed row, so their common prompt runs once (see packing.py), and pairs are
-batched in order of length, so batches carry little padding. `naive=True` runs the plain full forward per multiplier instead (same numbers up to float rounding).
+batched in order of length, so batches carry little padding. `naive=True` runs the plain full
+forward per multiplier instead (same numbers up to float rounding).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ..layers import ArchSpec, ModelLayout, resolve_layout
 from ..safety import frozen
 from ..scoring import ScoringBatch, answer_logprobs
 from ..version import __version__
-from ..packing import pack_pairs, packing_agrees, window_limit
+from ..packing import pack_pairs, packed_lengths, packing_agrees, window_limit
 from .result import SweepResult
 from .reuse import SweepCache
 from .stats import check_multipliers
@@ -183,10 +184,8 @@ def _by_length(tokenizer, pairs: list[ContrastivePair], max_length: int, system_
     Batching pairs of like length cuts the padding a batch carries (6-7% of the token slots of
     the bundled concepts' pairs in input order, about 1% sorted); the scores do not depend on it.
     """
-    enc = encode_pairs(tokenizer, pairs, max_length=max_length, system_prompt=system_prompt)
-    tokens = enc.attention_mask.sum(1)
-    packed = (tokens[0::2] + tokens[1::2] - enc.prompt_lengths[0::2]).tolist()
-    return sorted(range(len(pairs)), key=packed.__getitem__)
+    lengths = packed_lengths(encode_pairs(tokenizer, pairs, max_length=max_length, system_prompt=system_prompt))
+    return sorted(range(len(pairs)), key=lengths.__getitem__)
 
 
 def _score_pairs(scorer: _Scorer, tokenizer, pairs: list[ContrastivePair], batch_size: int,
