@@ -132,18 +132,12 @@ def _zero_mlp_biases(model: nn.Module, layout: ModelLayout) -> dict[str, torch.T
     names = {id(mod): name for name, mod in model.named_modules()}
     extra = {}
     for layer in range(layout.num_layers):
-        mlp = _parent(layout.layer(layer), layout.spec.down_proj)
+        mlp = layout.mlp(layer)
         for sub in mlp.modules():
             if isinstance(sub, nn.Linear) and sub.bias is None:
                 key = f"{names[id(sub)]}.bias"
                 extra[key] = torch.zeros(sub.out_features, dtype=sub.weight.dtype)
     return extra
-
-
-def _parent(root: nn.Module, dotted: str) -> nn.Module:
-    """The module holding the down projection (the MLP), e.g. `mlp` for `mlp.down_proj`."""
-    parent = dotted.rpartition(".")[0]
-    return root.get_submodule(parent) if parent else root
 
 
 def _write_layer(model: nn.Module, layout: ModelLayout, state: dict, layer: int, update: dict) -> None:

@@ -102,6 +102,11 @@ class ModelLayout:
             )
         return module
 
+    def mlp(self, index: int) -> nn.Module:
+        """The module holding the down projection: the MLP (`mlp` for `mlp.down_proj`), or the layer."""
+        parent = self.spec.down_proj.rpartition(".")[0]
+        return self.layer(index).get_submodule(parent) if parent else self.layer(index)
+
     def down_proj_name(self, index: int) -> str:
         """The down projection's dotted name from the model root (what peft's target_modules takes)."""
         self.down_proj(index)

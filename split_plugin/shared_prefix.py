@@ -82,6 +82,30 @@ def record(layout: ModelLayout, prefix: Prefix, length: int, copies: int) -> Sha
     return cache
 
 
+@torch.no_grad()
+def run_layers(layout: ModelLayout, hidden: torch.Tensor, calls: list, wanted: tuple[int, ...],
+               length: int) -> dict[int, torch.Tensor]:
+    """{i: hidden states entering layer i} for i in `wanted`, from the embeddings `hidden` ([B, T, d])
+    and every layer's recorded `calls`; the leading `length` tokens (the same in every row) run for
+    row 0 only and the rest of each row reads their keys and values."""
+    rows, width = hidden.shape[:2]
+    cache, first = SharedKeys(), torch.zeros(1, dtype=torch.long, device=hidden.device)
+    reading = cache.reading(torch.zeros(rows, dtype=torch.long, device=hidden.device))
+    head, tail = hidden[:1, :length], hidden[:, length:]
+    states = {0: hidden} if 0 in wanted else {}
+    for i in range(max(wanted)):
+        kwargs = calls[i][1]
+        head = _hidden(layout.layers[i](head, **_call(kwargs, first, 0, length, cache)))
+        tail = _hidden(layout.layers[i](tail, **_call(kwargs, slice(None), length, width, reading)))
+        if i + 1 in wanted:
+            states[i + 1] = torch.cat([head.expand(rows, -1, -1), tail], 1)
+    return states
+
+
+def _hidden(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
 def suffix_calls(calls: list, length: int, width: int, cache: SharedKeys) -> list:
     """Layer calls for positions `length`..`width`-1 of (already row-selected) `calls`, reading `cache`."""
     return [((), _call(kwargs, slice(None), length, width, cache)) for _, kwargs in calls]
