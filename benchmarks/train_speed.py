@@ -1,8 +1,9 @@
 """Training throughput of our trainer, measured side by side with slower ways to do the same steps.
 
 Runs the same SPLIT training steps on the embedded model and prints pairs/s and ratios:
-  ours              prefix cache + LM head on answer tokens only + both answers of a pair packed in one
-                    row (the prompt runs once per sign) + all rows of a step in one forward
+  ours              prefix cache (leading tokens all rows share run once; layer L's output kept for the
+                    vector form) + LM head and top MLP on answer tokens only + both answers of a pair
+                    packed in one row (the prompt runs once per sign) + all rows of a step in one forward
   unpacked          the same with one row per answer (pack_pairs: false)
   no-cache          full forward every step, full LM head (the plain computation), one joint forward
   separate-forwards full forward, full LM head, separate forwards for positive and negative rows
@@ -11,16 +12,18 @@ With `--reference-checkout PATH` (a zjunlp/EasyEdit clone or `git archive` expor
 `pip install -r requirements-reference.txt`), it also trains with EasyEdit's own SPLIT trainer
 (`steer/` "spilt", vector form) and with ours at the reference's configuration: the same pairs,
 model, layer, batch size, factors 2..20, add and sub rows, epochs. The last line printed is then
-`speed-up over the EasyEdit reference trainer: N.NNx`.
+`speed-up over the EasyEdit reference trainer: N.NNx`, from the medians of `--repeats` alternating
+runs of each.
 
     python benchmarks/train_speed.py [--pairs 32] [--epochs 2] [--layer 15] [--form vector] [--threads N]
-                                     [--reference-checkout PATH]
+                                     [--reference-checkout PATH] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from datetime import date
@@ -52,6 +55,8 @@ def main() -> None:
     parser.add_argument("--markdown", default=None, help="also write the output into this file's section")
     parser.add_argument("--reference-checkout", type=Path, default=None,
                         help="an EasyEdit checkout: also time its own SPLIT trainer against ours")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternating runs of ours and the reference; medians are compared")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,6 +81,7 @@ def measure(args: argparse.Namespace, model, tokenizer) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(f"date {date.today().isoformat()}, {os.cpu_count()} cores, {platform.machine()}")
     rates, finals = {}, {}
+    train(model, tokenizer, pairs[:8], {**base, "epochs": 1})  # untimed: the first run pays one-off start-up costs
     for name, overrides in VARIANTS.items():
         start = time.perf_counter()
         intervention = train(model, tokenizer, pairs, {**base, **overrides})
@@ -105,13 +111,18 @@ def against_reference(args: argparse.Namespace, model, tokenizer) -> None:
                 neg_weight=run.neg_weight, margin_weight=run.margin_weight, margin=run.margin, progress=False)
     print(f"reference configuration: {len(pairs)} pairs, {run.epochs} epoch(s), batch {run.batch_size}, "
           f"add and sub rows, factors 2..20, layer {run.layer}, fp32")
-    start = time.perf_counter()
-    train(model, tokenizer, pairs, ours)
-    ours_rate = len(pairs) * run.epochs / (time.perf_counter() - start)
-    theirs_rate = len(pairs) * run.epochs / reference_trainer.time_reference(
-        args.reference_checkout, converted_dir(default_gguf_path()), records, run)
-    print(f"ours at that configuration      {ours_rate:6.2f} pairs/s")
-    print(f"EasyEdit reference trainer      {theirs_rate:6.2f} pairs/s")
+    ours_s, theirs_s = [], []
+    for _ in range(args.repeats):  # alternating, so a slow spell of the machine hits both
+        start = time.perf_counter()
+        train(model, tokenizer, pairs, ours)
+        ours_s.append(time.perf_counter() - start)
+        theirs_s.append(reference_trainer.time_reference(args.reference_checkout,
+                                                         converted_dir(default_gguf_path()), records, run))
+    done = len(pairs) * run.epochs
+    ours_rate, theirs_rate = done / statistics.median(ours_s), done / statistics.median(theirs_s)
+    runs = lambda seconds: ", ".join(f"{done / x:.2f}" for x in seconds)
+    print(f"ours at that configuration      {ours_rate:6.2f} pairs/s  (median of {len(ours_s)} runs: {runs(ours_s)})")
+    print(f"EasyEdit reference trainer      {theirs_rate:6.2f} pairs/s  (median of {len(theirs_s)} runs: {runs(theirs_s)})")
     print(f"speed-up over the EasyEdit reference trainer: {ours_rate / theirs_rate:.2f}x")
 
 
