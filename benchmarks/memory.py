@@ -10,11 +10,12 @@ On paper, for the shapes of Llama-3-8B and Qwen2.5-7B (bf16 frozen weights, the 
 at the middle layer L = N/2, a batch of `rows` sequences of `tokens` tokens):
 - weights: parameters x 2 bytes;
 - trainable: the form's parameters x 16 bytes (fp32 master copy, gradient, AdamW's two moments);
-- activations kept for the backward of layers L..N-1 (weights frozen, so only what the input
-  gradient needs): per token and layer about 7 h + 2 kv + 4 i values in bf16 (norm outputs,
-  q/k/v, attention output, residuals, gate/up/activation/product of the MLP), attention
-  probabilities not stored (SDPA);
-- the prefix cache: the input of layer L for every training pair, bf16;
+- activations kept for the backward of layers L..N-1 (L+1..N-1 for the vector form, whose
+  layer L output is cached; weights frozen, so only what the input gradient needs): per token
+  and layer about 7 h + 2 kv + 4 i values in bf16 (norm outputs, q/k/v, attention output,
+  residuals, gate/up/activation/product of the MLP), attention probabilities not stored (SDPA);
+- the prefix cache: the input of layer L for every training pair, bf16 (and layer L's output
+  for the vector form);
 - logits: answer tokens only (a few per row) x vocab in fp32.
 """
 from __future__ import annotations
@@ -60,12 +61,13 @@ def trainable(shape: Shape, form: str, rank: int = 4) -> int:
 
 def estimate(shape: Shape, form: str, rows: int, tokens: int, pairs: int, answer_tokens: int = 4) -> dict:
     """Bytes for each part of one training step (see the module docstring for the model)."""
-    above = shape.layers - shape.layers // 2
+    replayed = form == "vector"  # layer L's output is cached and layer L does not run
+    above = shape.layers - shape.layers // 2 - replayed
     per_token_layer = 2 * (7 * shape.hidden + 2 * shape.kv + 4 * shape.intermediate)
     return {"weights": shape.params * 2,
             "trainable": trainable(shape, form) * 16,
             "activations": per_token_layer * above * rows * tokens,
-            "prefix cache": pairs * tokens * shape.hidden * 2,
+            "prefix cache": pairs * tokens * shape.hidden * 2 * (1 + replayed),
             "logits": rows * answer_tokens * shape.vocab * 4}
 
 

@@ -189,10 +189,16 @@ def test_memory_estimate_counts_the_parameters_the_library_trains(form):
     assert memory.trainable(shape, form) == sum(p.numel() for p in intervention.parameters())
 
 
-def test_memory_estimate_grows_with_the_batch_and_not_with_the_form_for_activations():
+def test_memory_estimate_grows_with_the_batch_and_counts_the_vector_forms_cached_layer():
     small, big = (memory.estimate(memory.SHAPES[0], "vector", rows, 128, 100) for rows in (4, 8))
     assert big["activations"] == 2 * small["activations"] and big["weights"] == small["weights"]
+    lora = memory.estimate(memory.SHAPES[0], "lora", 4, 128, 100)
     assert memory.estimate(memory.SHAPES[0], "local_weight", 4, 128, 100)["trainable"] > small["trainable"]
+    # the vector form keeps layer L's output instead of running layer L: one layer's activations
+    # fewer, one more hidden state per cached token
+    above = memory.SHAPES[0].layers - memory.SHAPES[0].layers // 2
+    assert small["activations"] * above == lora["activations"] * (above - 1)
+    assert small["prefix cache"] == 2 * lora["prefix cache"]
 
 
 import profile_step  # noqa: E402
