@@ -1,7 +1,8 @@
 """Recipe search on validation pairs: which training settings make each method strongest within +5%?
 
     python benchmarks/tune.py [--methods split-lora split-vector sft-vector ...] [--concepts ...]
-        [--seeds 0] [--budget-minutes 60] [--out benchmarks/results/tune] [--markdown BENCHMARKS.md]
+        [--seeds 0] [--candidates NAME ...] [--budget-minutes 60] [--out benchmarks/results/tune]
+        [--markdown BENCHMARKS.md] [--section tune]
 
 Each candidate is a preset plus overrides (the list below; the reference's own settings are one
 of them). It is trained on the training pairs minus the last 40 (the first --train-pairs of
@@ -91,11 +92,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=["split-lora", "split-vector"], choices=list(SEARCH))
     p.add_argument("--concepts", nargs="+", default=["power-seeking", "optimism"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--candidates", nargs="+", default=None,
+                   help="run only the candidates with these names (default: all, in search order)")
     p.add_argument("--train-pairs", type=int, default=96)
     p.add_argument("--budget-minutes", type=float, default=60.0, help="start no new cell after this long")
     p.add_argument("--out", default="benchmarks/results/tune")
-    p.add_argument("--markdown", default=None, help="write the search table into this file's tune section")
+    p.add_argument("--markdown", default=None, help="write the search table into this file's --section")
+    p.add_argument("--section", default="tune", help="the marked section of --markdown to rewrite")
     return p.parse_args(argv)
+
+
+def searched(method: str, names: list[str] | None) -> list[tuple[str, dict]]:
+    """The method's candidates in search order, or only those named in `names`."""
+    return [c for c in SEARCH[method] if names is None or c[0] in names]
+
+
+def check_candidates(methods: list[str], names: list[str] | None) -> None:
+    """Every name given to --candidates must be a candidate of one of the methods searched."""
+    known = [name for m in methods for name, _ in SEARCH[m]]
+    unknown = [n for n in names or [] if n not in known]
+    if unknown:
+        raise SystemExit(f"--candidates {unknown!r}: not a candidate of {methods}; choose from {known}")
 
 
 def candidate_config(method: str, overrides: dict, seed: int) -> TrainConfig:
@@ -148,11 +165,12 @@ def table(method: str, rows: list[tuple[str, dict]]) -> list[str]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    check_candidates(args.methods, args.candidates)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_default_model()
     text = load_heldout_text(words=HELDOUT_WORDS)
-    cells = [(m, name, ov, c, s) for m in args.methods for name, ov in SEARCH[m]
+    cells = [(m, name, ov, c, s) for m in args.methods for name, ov in searched(m, args.candidates)
              for c in args.concepts for s in args.seeds]
     started, results = time.monotonic(), {}
     for method, name, overrides, concept, seed in tqdm(cells, desc="tune", unit="cell"):
@@ -174,10 +192,10 @@ def main(argv=None) -> None:
              "candidate is listed once all its cells ran.", ""]
     want = len(args.concepts) * len(args.seeds)
     for method in args.methods:
-        rows = [(name, summarize(results[(method, name)])) for name, _ in SEARCH[method]
+        rows = [(name, summarize(results[(method, name)])) for name, _ in searched(method, args.candidates)
                 if len(results.get((method, name), [])) == want]
         lines += table(method, rows)
-    publish("\n".join(lines), args.markdown, "tune", "Recipe search (benchmarks/tune.py)")
+    publish("\n".join(lines), args.markdown, args.section, "Recipe search (benchmarks/tune.py)")
 
 
 if __name__ == "__main__":

@@ -297,3 +297,15 @@ def test_peers_read_our_cells_under_the_quality_grids_file_names(tmp_path):
     path_of = peers.cell_paths(qargs, reft, tmp_path / "peers", tmp_path / "quality")
     assert path_of("optimism", "SPLIT-tuned", 1) == _cells.cell_path(qargs, tmp_path / "quality")("optimism", "SPLIT-tuned", 1)
     assert path_of("optimism", "pyreft-NoReFT", 1).parent == tmp_path / "peers"
+
+
+import tune  # noqa: E402
+
+
+def test_tune_runs_only_the_named_candidates_and_rejects_unknown_names():
+    names = [name for name, _ in tune.searched("split-lora", ["alpha 32, margin 2", "alpha 32"])]
+    assert names == ["alpha 32", "alpha 32, margin 2"]  # search order, not the order given
+    assert len(tune.searched("split-lora", None)) == len(tune.SEARCH["split-lora"])
+    tune.check_candidates(["split-lora", "split-vector"], ["alpha 32", "lr 0.02"])
+    with pytest.raises(SystemExit, match=r"'alpha 33'.*choose from"):
+        tune.check_candidates(["split-lora"], ["alpha 32", "alpha 33"])
