@@ -309,3 +309,14 @@ def test_tune_runs_only_the_named_candidates_and_rejects_unknown_names():
     tune.check_candidates(["split-lora", "split-vector"], ["alpha 32", "lr 0.02"])
     with pytest.raises(SystemExit, match=r"'alpha 33'.*choose from"):
         tune.check_candidates(["split-lora"], ["alpha 32", "alpha 33"])
+
+
+def test_tune_does_not_choose_a_recipe_that_fails_on_one_seed():
+    # tune names each cell by its concept
+    steady = [cell(c, s, step((0.01, 0.7))) for s in (0, 1) for c in ("a", "b")]
+    flaky = [cell(c, s, step((0.01, 0.95 if s or c == "a" else 0.5))) for s in (0, 1) for c in ("a", "b")]
+    rows = [("steady", tune.summarize(steady)), ("flaky", tune.summarize(flaky))]
+    assert rows[1][1]["val_acc"] > rows[0][1]["val_acc"] and rows[1][1]["no_gain"] == 1
+    assert rows[1][1]["per_concept"] == {"a": 0.95, "b": pytest.approx(0.725)}  # mean over seeds, not the last
+    assert tune.pick(rows) == "steady"
+    assert tune.pick(rows[1:]) == "flaky"  # when every candidate fails somewhere: the best mean
