@@ -120,9 +120,10 @@ def against_reference(args: argparse.Namespace, model, tokenizer) -> None:
                                                          converted_dir(default_gguf_path()), records, run))
     done = len(pairs) * run.epochs
     ours_rate, theirs_rate = done / statistics.median(ours_s), done / statistics.median(theirs_s)
-    runs = lambda seconds: ", ".join(f"{done / x:.2f}" for x in seconds)
-    print(f"ours at that configuration      {ours_rate:6.2f} pairs/s  (median of {len(ours_s)} runs: {runs(ours_s)})")
-    print(f"EasyEdit reference trainer      {theirs_rate:6.2f} pairs/s  (median of {len(theirs_s)} runs: {runs(theirs_s)})")
+    for label, rate, seconds in (("ours at that configuration", ours_rate, ours_s),
+                                 ("EasyEdit reference trainer", theirs_rate, theirs_s)):
+        each = ", ".join(f"{done / x:.2f}" for x in seconds)
+        print(f"{label:<32}{rate:6.2f} pairs/s  (median of {len(seconds)} runs: {each})")
     print(f"speed-up over the EasyEdit reference trainer: {ours_rate / theirs_rate:.2f}x")
 
 
