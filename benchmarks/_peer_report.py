@@ -168,7 +168,8 @@ def report(args, cells: list[Evaluation], methods: list[str], argv: list[str]) -
         peers = [m for m in stats if m in PEERS]
         if ours and peers:
             lines += ["", "Speed, ours over each peer as ratios of pairs/s and of training sequences/s "
-                      "(> 1 = ours faster):", "",
+                      "(> 1 = ours faster; each cell timed in its own run, ours possibly in quality.py's: "
+                      "the side-by-side section below times them in one process):", "",
                       "| ours \\ peer | " + " | ".join(peers) + " |", "|---" * (len(peers) + 1) + "|"]
             for m in ours:
                 lines.append(f"| {m} | " + " | ".join(f"{speed_ratios(stats, m, p)[0]:.2f} pairs, "

@@ -5,6 +5,7 @@
     python benchmarks/peers.py [--concepts power-seeking self-preservation optimism] [--seeds 0 1 2]
         [--train-pairs N] [--test-pairs N] [--methods steering-vectors repeng pyreft-NoReFT ...]
         [--out benchmarks/results/peers] [--markdown BENCHMARKS.md] [--cached-only]
+        [--speed-repeats 3] [--speed-methods SPLIT pyreft-NoReFT ...] [--speed-only]
 
 The peers pin old numpy/transformers/torch, so they are installed with --no-deps next to our
 torch / transformers; they are benchmark-only and never a dependency of split_plugin.
@@ -45,6 +46,11 @@ strength chosen for +5% and its perplexity change, a frontier plot (test accurac
 budget; frontier.png under --out and a small copy in docs/peers_frontier.png), training/extraction
 speed, and a reading computed from the numbers; with --markdown it replaces the section between
 `<!-- peers:begin -->` and `<!-- peers:end -->` of that file (appended if missing) and nothing else.
+
+Speed is also measured side by side (`_peer_speed.py`, section `peers-speed`): the cells' own
+training seconds come from different runs, so the run ends by training each of --speed-methods on
+the first concept's training pairs (first seed) in alternating order, --speed-repeats times, and
+prints the medians and ours-over-pyreft ratios. `--speed-only` runs just that part.
 """
 from __future__ import annotations
 
@@ -59,6 +65,8 @@ import _cells  # noqa: E402  (our methods' cells, their splits and cache, shared
 from _frontier import frontier_curves, plot_frontier  # noqa: E402
 from _peer_methods import INSTALL, PEERS, installed_peers, run_peer_cell  # noqa: E402
 from _peer_report import DETERMINISTIC, METHODS, OURS, report, write_markdown  # noqa: E402
+import _peer_speed  # noqa: E402
+from _markdown import command, write_section  # noqa: E402
 
 from split_plugin import load_default_model, load_heldout_text  # noqa: E402
 from split_plugin.analysis.protocol import Evaluation  # noqa: E402
@@ -79,6 +87,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs-png", default="docs/peers_frontier.png", help="small copy of the plot ('' = none)")
     p.add_argument("--cached-only", action="store_true",
                    help="report the cells already computed; train nothing (to report a run that was cut short)")
+    p.add_argument("--speed-repeats", type=int, default=3,
+                   help="alternating timed training runs per method in the side-by-side speed part (0 = skip it)")
+    p.add_argument("--speed-methods", nargs="+", default=list(_peer_speed.SPEED_METHODS),
+                   choices=list(_peer_speed.SPEED_METHODS), help="methods timed side by side")
+    p.add_argument("--speed-only", action="store_true", help="run only the side-by-side speed part")
     return p.parse_args(argv)
 
 
@@ -118,13 +131,37 @@ def main(argv=None) -> None:
     out, qout = Path(args.out), Path(args.quality_out)
     out.mkdir(parents=True, exist_ok=True)
     qout.mkdir(parents=True, exist_ok=True)
-    missing = [m for m in args.methods if m in PEERS and m not in installed_peers()]
+    timed = args.speed_repeats > 0 and not args.cached_only  # the speed part trains
+    needed = ([] if args.speed_only else args.methods) + (args.speed_methods if timed else [])
+    missing = sorted({m for m in needed if m in PEERS and m not in installed_peers()})
     if missing:
         raise SystemExit(f"peer libraries missing for {missing}; install them with: {INSTALL}")
-    text = load_heldout_text(words=HELDOUT_WORDS)
     qargs = quality_args(args)
     reft = SimpleNamespace(rank=args.reft_rank, epochs=args.reft_epochs, lr=args.reft_lr,
                            batch_size=args.reft_batch_size)
+    if not args.speed_only:
+        run_grid(args, argv, qargs, reft, out, qout, load_heldout_text(words=HELDOUT_WORDS))
+    if timed:
+        run_speed(args, argv, qargs, reft)
+
+
+def run_speed(args, argv, qargs, reft) -> None:
+    """Time each of --speed-methods side by side on the first concept and seed; print and write the table."""
+    concept, seed = args.concepts[0], args.seeds[0]
+    train_pairs = _cells.split_pairs(concept, qargs)[0]
+    print(f"side-by-side training speed: {', '.join(args.speed_methods)} on {len(train_pairs)} {concept} pairs")
+    stats = _peer_speed.measure(args.speed_methods, train_pairs, seed, qargs, reft, args.speed_repeats)
+    body = f"Command: `{command('peers.py', argv)}`\n\n" + _peer_speed.report(
+        stats, len(train_pairs), concept, seed, args.speed_repeats)
+    print("\n" + body)
+    if args.markdown:
+        write_section(Path(args.markdown), "peers-speed", "Peers: training speed side by side (benchmarks/peers.py)",
+                      body)
+        print(f"written to {args.markdown}")
+
+
+def run_grid(args, argv, qargs, reft, out: Path, qout: Path, text: str) -> None:
+    """The quality grid of every (concept, method, seed) cell, its report, plot and section."""
     path_of = cell_paths(qargs, reft, out, qout)
     # seed-major: a run cut short still covers every concept and method with the seeds it got to
     grid = [(c, m, s) for s in args.seeds for c in args.concepts for m in args.methods]

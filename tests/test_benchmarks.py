@@ -320,3 +320,29 @@ def test_tune_does_not_choose_a_recipe_that_fails_on_one_seed():
     assert rows[1][1]["per_concept"] == {"a": 0.95, "b": pytest.approx(0.725)}  # mean over seeds, not the last
     assert tune.pick(rows) == "steady"
     assert tune.pick(rows[1:]) == "flaky"  # when every candidate fails somewhere: the best mean
+
+
+def test_peer_speed_alternates_methods_and_compares_medians(monkeypatch):
+    import _peer_speed
+
+    calls = []
+    scripted = {"SPLIT": iter([3.0, 1.0, 2.0]), "pyreft-NoReFT": iter([4.0, 4.0, 5.0])}
+    monkeypatch.setattr(_peer_speed, "trainer", lambda method, *_: (method, 2))
+
+    def fake_timed(method, pairs):  # `run` is the method's name here
+        calls.append((method, len(pairs)))
+        return next(scripted[method]) if len(pairs) > _peer_speed.WARMUP_PAIRS else 99.0
+
+    monkeypatch.setattr(_peer_speed, "_timed", fake_timed)
+    stats = _peer_speed.measure(["SPLIT", "pyreft-NoReFT"], list(range(20)), 0, None, None, repeats=3,
+                                log=lambda *_: None)
+    # one untimed warm-up on the first pairs each, then the order flips every repeat
+    assert calls[:2] == [("SPLIT", 8), ("pyreft-NoReFT", 8)]
+    assert [m for m, _ in calls[2:]] == ["SPLIT", "pyreft-NoReFT", "pyreft-NoReFT", "SPLIT", "SPLIT",
+                                         "pyreft-NoReFT"]
+    assert stats["SPLIT"]["seconds"] == [3.0, 1.0, 2.0]  # the warm-up is not counted
+    assert stats["SPLIT"]["median"] == 2.0 and stats["pyreft-NoReFT"]["median"] == 4.0
+    assert stats["SPLIT"]["pairs_per_s"] == pytest.approx(10.0)
+    text = _peer_speed.report(stats, 20, "c", 0, 3)
+    assert "- SPLIT pairs/s over 2.00x pyreft-NoReFT" in text
+    assert "| SPLIT | 2 | 2.0 | 3.0, 1.0, 2.0 | 10.00 | 20.00 |" in text
