@@ -62,11 +62,20 @@ def measure(methods, pairs, seed: int, qargs, reft, repeats: int, log=print) -> 
                 "pairs_per_s": len(pairs) / statistics.median(s)} for m, s in seconds.items()}
 
 
-def report(stats: dict[str, dict], n_pairs: int, concept: str, seed: int, repeats: int) -> str:
+def answer_tokens(tokenizer, pairs) -> tuple[float, float]:
+    """Mean token counts of the positive and the negative answers: ours trains on both, pyreft on the first."""
+    def mean(texts):
+        return statistics.mean(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    return mean(p.positive for p in pairs), mean(p.negative for p in pairs)
+
+
+def report(stats: dict[str, dict], n_pairs: int, concept: str, seed: int, repeats: int,
+           tokens: tuple[float, float] | None = None) -> str:
     """The table and the ratio lines of ours over each pyreft method (pairs/s, > 1 = ours faster)."""
-    lines = [f"{n_pairs} {concept} training pairs, seed {seed}; median of {repeats} alternating runs per method "
-             f"(one untimed {WARMUP_PAIRS}-pair warm-up each); pairs/s = training pairs / training seconds, "
-             "as in the grid's tables.", "",
+    answers = f" (answers: {tokens[0]:.1f} positive, {tokens[1]:.1f} negative tokens on average)" if tokens else ""
+    lines = [f"{n_pairs} {concept} training pairs{answers}, seed {seed}; median of {repeats} alternating runs "
+             f"per method (one untimed {WARMUP_PAIRS}-pair warm-up each); pairs/s = training pairs / training "
+             "seconds, as in the grid's tables.", "",
              "| method | epochs | median s | runs (s) | pairs/s | pair-epochs/s |", "|---|---|---|---|---|---|"]
     for m, s in stats.items():
         runs = ", ".join(f"{x:.1f}" for x in s["seconds"])

@@ -91,6 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="alternating timed training runs per method in the side-by-side speed part (0 = skip it)")
     p.add_argument("--speed-methods", nargs="+", default=list(_peer_speed.SPEED_METHODS),
                    choices=list(_peer_speed.SPEED_METHODS), help="methods timed side by side")
+    p.add_argument("--speed-concepts", nargs="+", default=None,
+                   help="concepts the speed part times, one table each (default: the first of --concepts); "
+                        "a persona concept (one-token answers) and optimism (sentence answers) bracket the cost")
     p.add_argument("--speed-only", action="store_true", help="run only the side-by-side speed part")
     return p.parse_args(argv)
 
@@ -146,13 +149,17 @@ def main(argv=None) -> None:
 
 
 def run_speed(args, argv, qargs, reft) -> None:
-    """Time each of --speed-methods side by side on the first concept and seed; print and write the table."""
-    concept, seed = args.concepts[0], args.seeds[0]
-    train_pairs = _cells.split_pairs(concept, qargs)[0]
-    print(f"side-by-side training speed: {', '.join(args.speed_methods)} on {len(train_pairs)} {concept} pairs")
-    stats = _peer_speed.measure(args.speed_methods, train_pairs, seed, qargs, reft, args.speed_repeats)
-    body = f"Command: `{command('peers.py', argv)}`\n\n" + _peer_speed.report(
-        stats, len(train_pairs), concept, seed, args.speed_repeats)
+    """Time each of --speed-methods side by side on each of --speed-concepts (first seed); print and write."""
+    seed, tokenizer = args.seeds[0], load_default_model()[1]
+    parts = [f"Command: `{command('peers.py', argv)}`"]
+    for concept in args.speed_concepts or args.concepts[:1]:
+        train_pairs = _cells.split_pairs(concept, qargs)[0]
+        print(f"side-by-side training speed: {', '.join(args.speed_methods)} on {len(train_pairs)} {concept} pairs")
+        stats = _peer_speed.measure(args.speed_methods, train_pairs, seed, qargs, reft, args.speed_repeats)
+        tokens = _peer_speed.answer_tokens(tokenizer, train_pairs)
+        parts.append(f"#### {concept}\n\n" + _peer_speed.report(stats, len(train_pairs), concept, seed,
+                                                                 args.speed_repeats, tokens))
+    body = "\n\n".join(parts)
     print("\n" + body)
     if args.markdown:
         write_section(Path(args.markdown), "peers-speed", "Peers: training speed side by side (benchmarks/peers.py)",

@@ -1,6 +1,7 @@
 """Where a SPLIT training run's time goes, by torch.profiler: attention, MLP, LM head, optimizer, the rest.
 
-    python benchmarks/profile_step.py [--pairs 16] [--epochs 1] [--layer 15] [--form vector] [--markdown BENCHMARKS.md]
+    python benchmarks/profile_step.py [--pairs 16] [--epochs 1] [--layer 15] [--form vector]
+                                      [--concepts power-seeking optimism] [--markdown BENCHMARKS.md]
 
 Every profiled op's self CPU time goes to one bucket, by its name and the shapes it ran on
 (the model's hidden, key/value, intermediate and vocabulary sizes tell a projection apart):
@@ -69,10 +70,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--layer", type=int, default=15)
     parser.add_argument("--form", default="vector")
+    parser.add_argument("--concepts", nargs="+", default=["power-seeking"], choices=CONCEPTS,
+                        help="profile a run on each (persona answers are one token, optimism's a sentence)")
     parser.add_argument("--markdown", default=None, help="also write the output into this file's section")
     args = parser.parse_args()
     model, tokenizer = load_default_model()
-    pairs = load_pairs("power-seeking", split="train", limit=args.pairs)
     config = dict(layer=args.layer, form=args.form, epochs=args.epochs, progress=False)
     cfg = model.config
     dims = {"vocab": cfg.vocab_size, "intermediate": cfg.intermediate_size}
@@ -80,11 +82,14 @@ def main() -> None:
         print(f"$ python {' '.join(sys.argv)}")
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
               f"date {date.today().isoformat()}, {os.cpu_count()} cores, {platform.machine()}")
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            start = time.perf_counter()
-            train(model, tokenizer, pairs, config)
-            wall = time.perf_counter() - start
-        report(prof, wall, dims)
+        for concept in args.concepts:
+            pairs = load_pairs(concept, split="train", limit=args.pairs)
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                start = time.perf_counter()
+                train(model, tokenizer, pairs, config)
+                wall = time.perf_counter() - start
+            print(f"{concept}, {len(pairs)} pairs:")
+            report(prof, wall, dims)
         for concept in CONCEPTS:
             shuffled, bucketed = padding(model, tokenizer, load_pairs(concept, split="train"), config)
             print(f"padding in packed training batches, {concept}: {100 * shuffled:.1f}% of token slots "

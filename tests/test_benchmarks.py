@@ -346,3 +346,32 @@ def test_peer_speed_alternates_methods_and_compares_medians(monkeypatch):
     text = _peer_speed.report(stats, 20, "c", 0, 3)
     assert "- SPLIT pairs/s over 2.00x pyreft-NoReFT" in text
     assert "| SPLIT | 2 | 2.0 | 3.0, 1.0, 2.0 | 10.00 | 20.00 |" in text
+
+
+def test_peer_speed_reports_the_answer_lengths_that_set_the_cost():
+    import _peer_speed
+    from split_plugin.pairs import ContrastivePair
+
+    def words(text, add_special_tokens):
+        return {"input_ids": text.split()}
+    pairs = [ContrastivePair("q", "a b c", "d", "c"), ContrastivePair("q", "a", "d e f g h", "c")]
+    assert _peer_speed.answer_tokens(words, pairs) == (2.0, 3.0)
+    stats = {"SPLIT": {"seconds": [1.0], "median": 1.0, "epochs": 2, "pairs_per_s": 2.0}}
+    assert "2 c training pairs (answers: 2.0 positive, 3.0 negative tokens on average)" in _peer_speed.report(
+        stats, 2, "c", 0, 1, tokens=(2.0, 3.0))
+
+
+@pytest.mark.parametrize("form, lr", [("vector", 0.08), ("lora", 0.01)])
+def test_train_speed_one_step_shows_the_variants_compute_the_same_step(form, lr, capsys):
+    import train_speed
+    from tiny import tiny_model, tiny_tokenizer
+
+    pairs = [ContrastivePair(f"question number {i}?", "Yes" if i % 2 else "No", "No" if i % 2 else "Yes")
+             for i in range(4)]
+    base = dict(layer=2, method="split", form=form, epochs=1, batch_size=4, lr=lr, progress=False,
+                factors=[2.0, 4.0])
+    train_speed.one_step(tiny_model("llama"), tiny_tokenizer(), pairs, base)
+    line = capsys.readouterr().out
+    loss_gap, grad_gap, largest = (float(line.split(w)[0].split()[-1]) for w in (" apart (loss", " apart (largest",
+                                                                                  ")\n"))
+    assert loss_gap < 1e-5 and grad_gap < 1e-5 * largest and largest > 0
