@@ -7,6 +7,8 @@ Runs the same SPLIT training steps on the embedded model and prints pairs/s and 
   unpacked          the same with one row per answer (pack_pairs: false)
   no-cache          full forward every step, full LM head (the plain computation), one joint forward
   separate-forwards full forward, full LM head, separate forwards for positive and negative rows
+Then one step of each from the same parameters and draws: its loss and gradients, against ours,
+show the variants compute the same step (whole runs drift apart by float rounding order).
 
 With `--reference-checkout PATH` (a zjunlp/EasyEdit clone or `git archive` export, and
 `pip install -r requirements-reference.txt`), it also trains with EasyEdit's own SPLIT trainer
@@ -33,9 +35,12 @@ import torch
 
 from _markdown import as_code_block, captured, write_section
 import reference_trainer
-from split_plugin import load_default_model, load_pairs, train
+from split_plugin import load_default_model, load_pairs, resolve_layout, train
+from split_plugin.config import TrainConfig
 from split_plugin.data import answer_suffix, format_prompt
 from split_plugin.gguf_cache import converted_dir, default_gguf_path
+from split_plugin.safety import frozen
+from split_plugin.trainer import _Trainer
 
 VARIANTS = {
     "ours": {},
@@ -93,8 +98,35 @@ def measure(args: argparse.Namespace, model, tokenizer) -> None:
     scale = float(finals["ours"].abs().max())
     print(f"max parameter difference between variants: {drift:.2e} = {drift / scale:.1e} of the largest "
           f"parameter (same training, different float rounding order)")
+    one_step(model, tokenizer, pairs[:base["batch_size"]], base)
     for name in ("unpacked", "no-cache", "separate-forwards"):
         print(f"ours / {name}: {rates['ours'] / rates[name]:.2f}x")
+
+
+def one_step(model, tokenizer, pairs, base: dict) -> None:
+    """Loss and gradient of one step per variant, from the same parameters and factor draws.
+
+    Whole runs drift apart (above) because Adam turns rounding-level gradient differences into
+    lr-sized steps; one step shows whether the variants compute the same thing.
+    """
+    losses, grads = {}, {}
+    with frozen(model):
+        for name, overrides in VARIANTS.items():
+            trainer = _Trainer(model, tokenizer, pairs, TrainConfig(**{**base, **overrides}), resolve_layout(model))
+            with torch.no_grad():
+                for p in trainer.intervention.parameters():
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
+            trainer.check_packing()
+            loss, _ = trainer.step_loss(0, torch.Generator().manual_seed(1))
+            loss.backward()
+            losses[name] = loss.item()
+            grads[name] = torch.cat([p.grad.flatten() for p in trainer.intervention.parameters()])
+    loss_gap = max(abs(losses[n] - losses["ours"]) for n in losses)
+    grad_gap = max(float((grads[n] - grads["ours"]).abs().max()) for n in grads)
+    largest = float(grads["ours"].abs().max())
+    print(f"one step from the same start, every variant against ours: loss {loss_gap:.1e} apart "
+          f"= {loss_gap / abs(losses['ours']):.1e} of the loss, gradients {grad_gap:.1e} apart "
+          f"= {grad_gap / largest:.1e} of the largest component")
 
 
 def against_reference(args: argparse.Namespace, model, tokenizer) -> None:
