@@ -106,8 +106,8 @@ def measure(args: argparse.Namespace, model, tokenizer) -> None:
 def one_step(model, tokenizer, pairs, base: dict) -> None:
     """Loss and gradient of one step per variant, from the same parameters and factor draws.
 
-    Whole runs drift apart (above) because Adam turns rounding-level gradient differences into
-    lr-sized steps; one step shows whether the variants compute the same thing.
+    Whole runs drift apart (above): their steps compound rounding-order differences, which Adam's
+    per-component scaling can enlarge; one step shows whether the variants compute the same thing.
     """
     losses, grads = {}, {}
     with frozen(model):
