@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .layers import ModelLayout
+from .precision import upcast
 from .safety import hooked_modules
 from .shared_prefix import SharedKeys, common_length, run_layers, suffix_calls, supported
 
@@ -285,7 +286,7 @@ def capture(layout: ModelLayout, input_ids: torch.Tensor, attention_mask: torch.
 
     def keep_output(index: int):
         def hook(module, args, output):
-            outputs[index] = (output[0] if isinstance(output, tuple) else output).float()
+            outputs[index] = upcast(output[0] if isinstance(output, tuple) else output)
             if index == top:
                 raise StopForward
         return hook

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .precision import upcast
+
 
 @dataclass
 class AnswerTokens:
@@ -25,8 +27,8 @@ class AnswerTokens:
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) per token, computed in fp32 whatever the logits' dtype."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    """log p(target) per token, computed in fp32 (fp64 for fp64 logits) whatever the logits' dtype."""
+    return torch.log_softmax(upcast(logits), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
 def sequence_logprobs(logits: torch.Tensor, tokens: AnswerTokens) -> torch.Tensor:

@@ -15,6 +15,7 @@ from .forward import Prefix, capture_prefix, run_suffix
 from .intervention import Intervention
 from .layers import ModelLayout
 from .objectives import off_subspace_share
+from .precision import upcast
 
 
 def _prose(config: TrainConfig) -> str:
@@ -39,7 +40,7 @@ class KLPenalty:
         index = torch.zeros(2, dtype=torch.long)
         with autocast, intervention.steer(self.layout.model, multipliers, layout=self.layout):
             logits = run_suffix(self.layout, prefix, index)
-        logp = torch.log_softmax(logits.float(), -1)
+        logp = torch.log_softmax(upcast(logits), -1)
         kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
         return (kl * mask).sum() / mask.sum().clamp(min=1)
 
@@ -52,7 +53,7 @@ class KLPenalty:
         for row in range(min(4, ids.shape[0])):
             prefix = capture_prefix(self.layout, self.config.layer, ids[row:row + 1].to(device),
                                     mask[row:row + 1].to(device))
-            ref = torch.log_softmax(run_suffix(self.layout, prefix).float(), -1)
+            ref = torch.log_softmax(upcast(run_suffix(self.layout, prefix)), -1)
             self.windows.append((prefix, mask[row:row + 1].to(device).float(), ref))
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from .errors import AlreadyAppliedError, PerRowMultiplierError, SplitPluginError
 from .layers import ArchSpec, ModelLayout, resolve_layout
+from .precision import master_dtype
 
 if TYPE_CHECKING:
     from .intervention import Intervention
@@ -53,7 +54,7 @@ def row_multiplier(multiplier: Multiplier, ref: torch.Tensor) -> torch.Tensor | 
     """A float stays a float; a [batch] tensor becomes [batch, 1, ..., 1] to broadcast on `ref`."""
     if not torch.is_tensor(multiplier):
         return float(multiplier)
-    m = multiplier.to(device=ref.device, dtype=torch.float32)
+    m = multiplier.to(device=ref.device, dtype=master_dtype(ref.dtype))
     if m.ndim == 0:
         return m
     if m.ndim != 1 or m.shape[0] != ref.shape[0]:

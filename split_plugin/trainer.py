@@ -25,6 +25,7 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .config import TrainConfig, as_train_config
 from .data import ContrastivePair, PairBatch, encode_pairs
 from .pairs import check_pairs
+from .precision import master_dtype
 from .errors import SplitPluginError
 from .forward import Prefix, PrefixStore, capture_prefix, stacked_index
 from .intervention import Intervention
@@ -106,7 +107,8 @@ class _Trainer:
         self.dp = distributed.setup(next(model.parameters()).device, config)  # rank 0 of 1 unless launched
         self.intervention = Intervention.for_model(
             model, config.form, config.layer, rank=config.rank, alpha=config.alpha,
-            dropout=config.dropout, concept=pairs[0].concept).to(next(model.parameters()).device)
+            dropout=config.dropout, concept=pairs[0].concept,
+        ).to(next(model.parameters()).device, master_dtype(_dtype(model)))
         order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed))
         shuffled = [pairs[i] for i in order.tolist()]
         self.batches = [shuffled[i:i + config.batch_size] for i in range(0, len(pairs), config.batch_size)]

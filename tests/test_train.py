@@ -82,6 +82,21 @@ def test_speedups_give_the_same_training(form):
         assert losses == pytest.approx(results["fast"][1], abs=1e-5), name
 
 
+@pytest.mark.parametrize("form", ["vector", "lora", "local_weight"])
+def test_a_float64_model_trains_in_float64_and_the_paths_agree_to_rounding(form):
+    """In fp64 the fast and plain paths differ by fp64 rounding only: whole runs agree to 1e-12.
+
+    gpt2, because its LayerNorm computes in the input's dtype; llama-family RMSNorms compute in
+    fp32 even for fp64 inputs, which leaves fp32 rounding (about 1e-8 per step) in every path.
+    """
+    model, tok = tiny_model("gpt2").double(), tiny_tokenizer()
+    runs = [train(model, tok, PAIRS, cfg(form=form, **over)) for over in ({}, dict(prefix_cache=False,
+            answer_only_head=False, joint_forward=False, pack_pairs=False))]
+    fast, plain = (torch.cat([p.flatten() for p in iv.parameters()]) for iv in runs)
+    assert fast.dtype == torch.float64 and fast.abs().max() > 0
+    assert torch.allclose(fast, plain, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma", "phi3", "gpt2", "gpt_neox"])
 @pytest.mark.parametrize("method, form", [("split", "vector"), ("split", "lora"), ("reps", "local_weight")])
 def test_packed_pairs_give_the_unpacked_losses_and_gradients(arch, method, form):

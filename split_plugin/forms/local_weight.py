@@ -25,4 +25,4 @@ class LocalWeightForm(Form):
         return iv.delta_bias
 
     def delta(self, iv: Holder, x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        return x.to(torch.float32) @ iv.delta_weight + iv.delta_bias
+        return x.to(iv.delta_weight.dtype) @ iv.delta_weight + iv.delta_bias

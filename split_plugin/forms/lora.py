@@ -48,7 +48,7 @@ class LoraForm(Form):
         return iv.config.scaling * (iv.lora_A @ iv.lora_B)
 
     def delta(self, iv: Holder, x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        return (x.to(torch.float32) @ iv.lora_A) @ iv.lora_B * iv.config.scaling
+        return (x.to(iv.lora_A.dtype) @ iv.lora_A) @ iv.lora_B * iv.config.scaling
 
     def peft_tensors(self, iv: Holder, multiplier: float) -> tuple[torch.Tensor, torch.Tensor]:
         """peft computes `W x + (alpha / r) B_p A_p x`, so A_p = A^T and B_p = m B^T."""
