@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import command, publish  # noqa: E402
+from _results import results_dir  # noqa: E402
 
 from split_plugin import (TrainConfig, format_sets, load_default_model, load_heldout_text, load_pairs,  # noqa: E402
                           preset_path, train, vary_formats)
@@ -42,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--method", default="split-lora", help="a preset name")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--train-pairs", type=int, default=96)
-    p.add_argument("--out", default="benchmarks/results/formats")
+    p.add_argument("--out", default=results_dir("formats"))
     p.add_argument("--markdown", default=None, help="write the table into this file's --section")
     p.add_argument("--section", default="formats", help="the Markdown section (one per preset, e.g. formats-tuned)")
     p.add_argument("--cached-only", action="store_true", help="report the saved cells; train nothing")

@@ -67,6 +67,7 @@ from _peer_methods import INSTALL, PEERS, installed_peers, run_peer_cell  # noqa
 from _peer_report import DETERMINISTIC, METHODS, OURS, report, write_markdown  # noqa: E402
 import _peer_speed  # noqa: E402
 from _markdown import command, write_section  # noqa: E402
+from _results import results_dir  # noqa: E402
 
 from split_plugin import load_default_model, load_heldout_text  # noqa: E402
 from split_plugin.analysis.protocol import Evaluation  # noqa: E402
@@ -80,8 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reft-epochs", type=int, default=2, help="pyreft epochs (default: our presets' 2)")
     p.add_argument("--reft-lr", type=float, default=4e-3, help="pyreft learning rate (its README's 4e-3)")
     p.add_argument("--reft-batch-size", type=int, default=4)
-    p.add_argument("--out", default="benchmarks/results/peers")
-    p.add_argument("--quality-out", default="benchmarks/results/quality",
+    p.add_argument("--out", default=results_dir("peers"))
+    p.add_argument("--quality-out", default=results_dir("quality"),
                    help="quality.py's cache folder: our methods' cells are read from / written to it")
     p.add_argument("--markdown", default="BENCHMARKS.md", help="file whose peers section is rewritten ('' = none)")
     p.add_argument("--docs-png", default="docs/peers_frontier.png", help="small copy of the plot ('' = none)")

@@ -43,6 +43,7 @@ from _cells import (METHODS, SPLIT_VARIANTS, add_grid_arguments, at_m1, best_on_
 from _frontier import frontier_curves, plot_frontier  # noqa: E402
 from _intervals import fmt, stat  # noqa: E402
 from _markdown import write_section  # noqa: E402
+from _results import results_dir  # noqa: E402
 
 from split_plugin import load_default_model, load_heldout_text  # noqa: E402
 from split_plugin.analysis.protocol import BUDGETS, Evaluation  # noqa: E402
@@ -54,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_grid_arguments(p, list(METHODS))
     p.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
     p.add_argument("--kl-weight", type=float, default=None, help="override SPLIT+KL's kl_weight")
-    p.add_argument("--out", default="benchmarks/results/quality")
+    p.add_argument("--out", default=results_dir("quality"))
     p.add_argument("--figure", default="docs/quality_frontier.png", help="frontier figure ('' = none)")
     p.add_argument("--markdown", default=None, help="write the tables into this file's --section")
     p.add_argument("--section", default="quality",

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import command, publish  # noqa: E402
+from _results import results_dir  # noqa: E402
 
 from split_plugin import TrainConfig, load_default_model, load_heldout_text, load_pairs, preset_path, train  # noqa: E402
 from split_plugin.analysis.protocol import Evaluation, best_within, evaluate  # noqa: E402
@@ -61,6 +62,8 @@ SEARCH = {
         ("alpha 32, dropout 0.1", {**A32, "dropout": 0.1}),
         ("alpha 32, margin weight 8, margin 0.3", {**A32, "margin_weight": 8.0, "margin": 0.3}),
         ("alpha 32, manifold 1.0", {**A32, "manifold_weight": 1.0}),
+        ("alpha 32, 4 epochs, KL 1", {**A32, "epochs": 4, "kl_weight": 1.0}),
+        ("alpha 32, 4 epochs, KL 3", {**A32, "epochs": 4, "kl_weight": 3.0}),
     ],
     "split-vector": [
         ("preset", {}),
@@ -97,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="run only the candidates with these names (default: all, in search order)")
     p.add_argument("--train-pairs", type=int, default=96)
     p.add_argument("--budget-minutes", type=float, default=60.0, help="start no new cell after this long")
-    p.add_argument("--out", default="benchmarks/results/tune")
+    p.add_argument("--out", default=results_dir("tune"))
     p.add_argument("--markdown", default=None, help="write the search table into this file's --section")
     p.add_argument("--section", default="tune", help="the marked section of --markdown to rewrite")
     return p.parse_args(argv)
