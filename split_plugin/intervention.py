@@ -4,8 +4,8 @@
 weight forms are exactly an update of that projection. How each form writes dW and db is in
 `forms/` (vector: db = v; lora: dW = (alpha / r) A @ B; local_weight: dense dW and db).
 Matrices use the `x @ dW` orientation of the reference code; folding into an `nn.Linear`
-writes `W += m dW^T`. Trainable tensors are fp32 whatever the model's dtype; the update is
-cast on the fly. Putting an intervention into a model (hooks, folds) is `steering.py`.
+writes `W += m dW^T`. Trainable tensors are fp32 whatever the model's dtype (fp64 when training
+a float64 model, precision.py); the update is cast on the fly. Putting an intervention into a model (hooks, folds) is `steering.py`.
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ class Intervention(nn.Module):
 
     def delta(self, multiplier: Multiplier, x: torch.Tensor | None = None,
               like: torch.Tensor | None = None) -> torch.Tensor:
-        """`m * (x @ dW + db)` in fp32, with m a float or one value per row of `x` (else `like`)."""
+        """`m * (x @ dW + db)` in the trainable tensors' dtype (fp32, or fp64), with m a float or one value per row of `x` (else `like`)."""
         ref = x if x is not None else like
         self._follow(ref.device)
         out = self.strategy.delta(self, x, like if like is not None else x)

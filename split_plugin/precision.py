@@ -1,7 +1,7 @@
 """The precision trainable tensors and losses are kept in: fp32, or fp64 for a float64 model.
 
 Half-precision models still train fp32 master weights; a float64 model keeps everything in
-float64, so exactness checks (benchmarks/train_speed.py) can separate math from rounding.
+float64, so an exactness check (tests/test_train.py) can separate math from rounding.
 """
 from __future__ import annotations
 

@@ -375,4 +375,3 @@ def test_train_speed_one_step_shows_the_variants_compute_the_same_step(form, lr,
     loss_share, grad_share = (float(line.split(w)[0].split()[-1]) for w in (" of the loss", " of the largest"))
     # fp32 rounding on a tiny random model: about 1e-5 of the largest component; a wrong step is ~1e-1
     assert 0 <= loss_share < 1e-4 and 0 <= grad_share < 1e-4
-

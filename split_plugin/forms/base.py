@@ -74,7 +74,7 @@ class Form:
         return None
 
     def delta(self, iv: Holder, x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        """The update at m = 1 in fp32, shaped like `like` (the hooked module's output)."""
+        """The update at m = 1 in the trainable tensors' dtype, shaped like `like` (the hooked module's output)."""
         raise NotImplementedError
 
     # -- folding and export -------------------------------------------------------------------
